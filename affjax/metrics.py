@@ -1,0 +1,109 @@
+"""Side metrics the published reference records next to the affinity score.
+
+All are pure functions of reduced ``[n, d]`` features (``sparsity`` of any
+tensor) and can be ``jit``-ed and ``vmap``-ed. Names follow the reference's
+output columns.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "SPARSITY_THRESHOLD",
+    "cka",
+    "entropy",
+    "norm_diff",
+    "r2",
+    "sparsity",
+]
+
+#: Entries with ``|v| <= SPARSITY_THRESHOLD`` count as zero (reference value).
+SPARSITY_THRESHOLD = 1e-3
+
+
+def _centered(x):
+    return x - jnp.mean(x, axis=0, keepdims=True)
+
+
+def cka(x: jax.Array, y: jax.Array) -> jax.Array:
+    r"""Linear centred kernel alignment of ``x`` ``[n, d]`` and ``y`` ``[n, e]``.
+
+    .. math::
+        \mathrm{CKA} = \frac{\|\bar X^\top \bar Y\|_F^2}{\|\bar X^\top \bar X\|_F\,\|\bar Y^\top \bar Y\|_F}
+
+    equal to the reference's HSIC form with centred Gram matrices; the
+    feature form costs :math:`O(n d^2)` instead of :math:`O(n^2 d)`, the Gram
+    form is used when ``d > n``.
+    """
+    xc, yc = _centered(x), _centered(y)
+    if max(x.shape[1], y.shape[1]) > x.shape[0]:
+        kx, ky = xc @ xc.T, yc @ yc.T
+        hxy, hxx, hyy = jnp.sum(kx * ky), jnp.sum(kx * kx), jnp.sum(ky * ky)
+    else:
+        hxy = jnp.sum((xc.T @ yc) ** 2)
+        hxx = jnp.sum((xc.T @ xc) ** 2)
+        hyy = jnp.sum((yc.T @ yc) ** 2)
+    return hxy / jnp.sqrt(hxx * hyy)
+
+
+def _histogram_rows(x: jax.Array) -> jax.Array:
+    """Per-row ``torch.histc(row, bins=d, min=row.min(), max=row.max())``."""
+    n, d = x.shape
+    lo = jnp.min(x, axis=1, keepdims=True)
+    hi = jnp.max(x, axis=1, keepdims=True)
+    # torch.histc widens an empty range to [v - 1, v + 1].
+    flat = lo == hi
+    lo, hi = jnp.where(flat, lo - 1, lo), jnp.where(flat, hi + 1, hi)
+    # Same arithmetic as torch's CPU kernel: (v - lo) * bins / (hi - lo), truncated,
+    # the right edge falling into the last bin.
+    idx = ((x - lo) * d / (hi - lo)).astype(jnp.int32)
+    idx = jnp.clip(idx, 0, d - 1)
+    rows = jnp.broadcast_to(jnp.arange(n)[:, None], (n, d))
+    return jnp.zeros((n, d), x.dtype).at[rows, idx].add(1.0)
+
+
+def entropy(x: jax.Array) -> jax.Array:
+    r"""Mean over samples of the histogram entropy of each sample's ``d`` values.
+
+    Each row is binned into ``d`` bins between its min and max;
+    :math:`H = -\sum_k p_k \log p_k + \log d`, averaged over rows.
+    """
+    n, d = x.shape
+    counts = _histogram_rows(x)
+    p = counts / jnp.sum(counts, axis=1, keepdims=True)
+    plogp = jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)
+    return jnp.mean(-jnp.sum(plogp, axis=1) + jnp.log(float(d)))
+
+
+def sparsity(x: jax.Array) -> jax.Array:
+    """Fraction of entries with ``|v| <= 1e-3`` (the reference's ``1 - nnz / numel``)."""
+    return jnp.mean((jnp.abs(x) <= SPARSITY_THRESHOLD).astype(jnp.float32))
+
+
+def norm_diff(x: jax.Array, y: jax.Array) -> jax.Array:
+    """Frobenius norm of ``x - y``."""
+    return jnp.sqrt(jnp.sum((x - y) ** 2))
+
+
+def r2(x: jax.Array, y: jax.Array) -> jax.Array:
+    r""":math:`R^2` of the least-squares fit of ``y`` on ``x`` with intercept.
+
+    As ``LinearRegression().fit(x, y).score(x, y)``: the fit is the projection
+    of the centred ``y`` on the column space of the centred ``x`` (minimum-norm
+    least squares, so ``d >= n`` fits exactly); :math:`R^2` is averaged
+    uniformly over outputs, with scikit-learn's conventions for constant
+    outputs (1 if also perfectly predicted, else 0).
+    """
+    xc, yc = _centered(x), _centered(y)
+    u, s, _ = jnp.linalg.svd(xc, full_matrices=False)
+    # Same cutoff as LAPACK gelsd's default rcond in scipy.linalg.lstsq.
+    keep = s > jnp.finfo(x.dtype).eps * max(x.shape) * s[0]
+    u = u * keep
+    resid = yc - u @ (u.T @ yc)
+    num = jnp.sum(resid**2, axis=0)
+    den = jnp.sum(yc**2, axis=0)
+    score = jnp.where(den != 0, 1.0 - num / jnp.where(den != 0, den, 1.0), 0.0)
+    score = jnp.where((den == 0) & (num == 0), 1.0, score)
+    return jnp.mean(score)
