@@ -1,0 +1,307 @@
+"""``affjax`` command line: signatures of torchvision models, model list, score demo.
+
+The torch-dependent parts (weights, conversion, torchvision datasets) are
+imported from ``converters`` only by the commands that need them; a machine
+without torch can still run ``affjax signature --variables FILE --images FILE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["main"]
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _cmd_models(args) -> int:
+    from affjax import models
+
+    for family in dict.fromkeys(s.family for s in models.registry._REGISTRY.values()):
+        print(f"{family:12s} {' '.join(models.list_models(family))}")
+    return 0
+
+
+_POLYNOMIALS = ((1, 1.00), (3, 0.71), (5, 0.58), (11, 0.40), (21, 0.29), (41, 0.20))
+_ACTIVATIONS = (("ReLU", 0.49), ("Tanh", 0.67), ("Sigmoid", 0.77))
+
+
+def demo_rows(solver: str = "auto") -> list[tuple[str, float, float]]:
+    """The reference notebooks' figures: (case, published, ours)."""
+    from affjax.score import affinity_score
+
+    x = np.linspace(-1, 1, 1000)[:, None]
+    rows = []
+    for k, published in _POLYNOMIALS:
+        rows.append((f"x^{k} on linspace(-1, 1, 1000)", published,
+                     float(affinity_score(x, x**k, solver=solver).score)))
+    fns = {"ReLU": lambda v: np.maximum(v, 0), "Tanh": np.tanh,
+           "Sigmoid": lambda v: 1 / (1 + np.exp(-v))}
+    rng = np.random.RandomState(987)  # same stream as np.random.seed(987)
+    for name, published in _ACTIVATIONS:
+        v = rng.normal(-1, 2, (1000, 1))
+        rows.append((f"{name} of N(-1, 2^2), 1000 samples", published,
+                     float(affinity_score(v, fns[name](v), solver=solver).score)))
+    return rows
+
+
+def _cmd_score_demo(args) -> int:
+    print(f"{'case':40s} {'published':>9s} {'affjax':>9s}")
+    for case, published, ours in demo_rows(args.solver):
+        print(f"{case:40s} {published:9.2f} {ours:9.4f}")
+    return 0
+
+
+def _check_out_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise CliError(f"cannot write to output directory {out}: {err.strerror or err}") from err
+
+
+def _load_model(args):
+    """(name, module, variables, info, preprocess_weights)."""
+    if args.variables:
+        from affjax.checkpoint import load_variables
+
+        try:
+            name, module, variables, meta = load_variables(args.variables)
+        except (FileNotFoundError, ValueError) as err:
+            raise CliError(str(err)) from err
+        if args.model and args.model != name:
+            raise CliError(f"{args.variables} holds {name}, not {args.model}")
+        return name, module, variables, {**meta, "variables_file": str(args.variables)}
+    if not args.model:
+        raise CliError("give a MODEL name (see `affjax models`) or --variables FILE")
+    from affjax.models import registry
+
+    registry.get(args.model)  # unknown names fail before torch is imported
+    from converters.torchvision import load
+
+    loaded = load(args.model, args.weights, seed=args.seed)
+    return loaded.name, loaded.module, loaded.variables, loaded.info
+
+
+def _batches(args, name):
+    """Yields (batch_index, loader) where loader() returns NHWC images."""
+    if args.images:
+        path = Path(args.images)
+        if not path.is_file():
+            raise CliError(f"images file {path} not found (expected a .npy of NHWC float32)")
+        images = np.load(path, mmap_mode="r")
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise CliError(f"{path} holds shape {images.shape}; expected NHWC [n, H, W, 3]")
+        nb = images.shape[0] // args.batch_size
+        if nb == 0:
+            raise CliError(f"{path} holds {images.shape[0]} images < batch size {args.batch_size}")
+        ids = range(nb) if args.batch_id == -1 else [args.batch_id]
+        if args.batch_id >= nb:
+            raise CliError(f"batch {args.batch_id} does not exist: {nb} batches of "
+                           f"{args.batch_size} in {path}")
+        for b in ids:
+            yield b, lambda b=b: np.asarray(images[b * args.batch_size:(b + 1) * args.batch_size])
+        return
+    from converters import data
+
+    weights = None if args.variables else args.weights
+    if weights is not None and (weights == "random" or Path(weights).suffix in (".pt", ".pth")):
+        weights = None
+    preprocess = data.preprocess_for(name, weights)
+    dataset = data.make_dataset(args.dataset, Path(args.data_dir), preprocess,
+                                download=args.download, seed=args.seed,
+                                num_random=args.num_random)
+    nb = data.num_batches(dataset, args.batch_size)
+    if args.batch_id != -1 and not 0 <= args.batch_id < nb:
+        raise CliError(f"batch {args.batch_id} does not exist: {args.dataset} has {nb} "
+                       f"batches of {args.batch_size}")
+    ids = range(nb) if args.batch_id == -1 else [args.batch_id]
+    for b in ids:
+        yield b, lambda b=b: next(data.iter_batches(dataset, args.batch_size, b))[1]
+
+
+def _cmd_signature(args) -> int:
+    from tqdm import tqdm
+
+    from affjax import reports
+    from affjax.signature import Signature, signature
+
+    out = Path(args.out)
+    _check_out_dir(out)
+    t0 = time.perf_counter()
+    name, module, variables, info = _load_model(args)
+    t_load = time.perf_counter() - t0
+    dataset = "images:" + Path(args.images).name if args.images else args.dataset
+    stem = f"{name}_{Path(dataset).stem if args.images else dataset}_{args.batch_size}_{args.batch_id}"
+    partial_dir = out / f".{stem}.partial"
+    settings = {"model": name, "dataset": dataset, "batch_size": args.batch_size,
+                "batch_id": args.batch_id, "seed": args.seed, "reduce": args.reduce,
+                "metrics": args.metrics, "solver": args.solver, "precision": args.precision,
+                "functional": args.functional, "weights": info.get("weights")}
+    if args.rerun and partial_dir.exists():
+        for f in partial_dir.glob("batch_*.json"):
+            f.unlink()
+    partial_dir.mkdir(exist_ok=True)
+    (partial_dir / "settings.json").write_text(json.dumps(settings, sort_keys=True))
+
+    records, timings = [], {"load_s": t_load, "batches": {}}
+    batches = list(_batches(args, name))
+    bar = tqdm(batches, desc=f"{name} {dataset}", unit="batch", disable=args.quiet)
+    for b, get_images in bar:
+        part = partial_dir / f"batch_{b:05d}.json"
+        if part.exists():  # resume: this batch was finished by an earlier run
+            payload = reports.read_json(part)
+            if payload["meta"].get("settings") == settings:
+                records.extend(payload["records"])
+                continue
+        t1 = time.perf_counter()
+        images = get_images()
+        sig = signature(module, variables, images, reduce=args.reduce, metrics=args.metrics,
+                        chunk_size=args.chunk_size, solver=args.solver,
+                        precision=args.precision, functional=args.functional)
+        batch_records = [{"batch": b, **r} for r in sig.records()]
+        timings["batches"][b] = time.perf_counter() - t1
+        reports.write_json(part, batch_records, {"settings": settings})
+        records.extend(batch_records)
+    meta = {
+        **settings,
+        "info": info,
+        "provenance": {**reports.provenance(), "dtype": args.precision},
+        "timings": {**timings, "total_s": time.perf_counter() - t0},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    result = Signature(records, meta)
+    result.to_csv(out / f"{stem}.csv")
+    result.to_json(out / f"{stem}.json")
+    result.plot(out / f"{stem}.png", title=f"{name} on {dataset} ({args.reduce})")
+    for f in partial_dir.glob("*.json"):
+        f.unlink()
+    partial_dir.rmdir()
+    failed = result.failures()
+    print(f"wrote {out / stem}.csv/.json/.png: {len(records)} calls", file=sys.stderr)
+    if failed:
+        raise CliError(f"{len(failed)} call(s) could not be scored and are NaN in the outputs "
+                       f"(first: {failed[0]['layer']}: {failed[0]['status']})")
+    return 0
+
+
+def _cmd_convert(args) -> int:
+    from affjax.checkpoint import save_variables
+    from affjax.models import registry
+
+    registry.get(args.model)
+    from converters.torchvision import load
+
+    loaded = load(args.model, args.weights, seed=args.seed)
+    save_variables(args.out, loaded.name, loaded.module, loaded.variables, meta=loaded.info)
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _parser() -> argparse.ArgumentParser:
+    from affjax.signature import METRICS, REDUCTIONS
+
+    p = argparse.ArgumentParser(prog="affjax", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("models", help="list supported torchvision models").set_defaults(
+        fn=_cmd_models)
+
+    demo = sub.add_parser("score-demo", help="reproduce the published toy figures")
+    demo.add_argument("--solver", default="auto", choices=("auto", "host", "auction"))
+    demo.set_defaults(fn=_cmd_score_demo)
+
+    s = sub.add_parser("signature", help="non-linearity signature of a model on a dataset")
+    s.add_argument("model", nargs="?", help="torchvision name, e.g. resnet18")
+    s.add_argument("--weights", default="DEFAULT",
+                   help="DEFAULT, an enum name (IMAGENET1K_V1...), random, or a state_dict path")
+    s.add_argument("--variables", help="converted variables from `affjax convert` (no torch)")
+    s.add_argument("--dataset", default="random",
+                   help="random, cifar10, cifar100, fashionMNIST, imagenet or a folder name")
+    s.add_argument("--images", help="a .npy of preprocessed NHWC float32 images (no torch)")
+    s.add_argument("--data-dir", default="./data")
+    s.add_argument("--download", action="store_true", help="let torchvision fetch the dataset")
+    s.add_argument("--batch-size", type=int, default=2048)
+    s.add_argument("--batch-id", type=int, default=0, help="-1: every batch")
+    s.add_argument("--num-random", type=int, default=10000, help="size of the random dataset")
+    s.add_argument("--seed", type=int, default=987)
+    s.add_argument("--reduce", default="reference", choices=REDUCTIONS)
+    s.add_argument("--metrics", nargs="+", default=list(METRICS), choices=METRICS)
+    s.add_argument("--chunk-size", type=int, default=None,
+                   help="images per forward pass (memory); default: whole batch")
+    s.add_argument("--solver", default="auto", choices=("auto", "host", "auction"))
+    s.add_argument("--precision", default="auto", choices=("auto", "float64", "float32"))
+    s.add_argument("--functional", action="store_true",
+                   help="also score F.relu-style calls (keys 'path:F.relu'; not in the reference)")
+    s.add_argument("--out", default="results")
+    s.add_argument("--rerun", action="store_true", help="ignore finished batches of a resumed run")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(fn=_cmd_signature)
+
+    c = sub.add_parser("convert", help="save converted Flax variables for torch-free use")
+    c.add_argument("model")
+    c.add_argument("--weights", default="DEFAULT")
+    c.add_argument("--seed", type=int, default=987)
+    c.add_argument("--out", required=True, help="output .msgpack path")
+    c.set_defaults(fn=_cmd_convert)
+    return p
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from affjax.models.registry import UnknownModelError
+    from affjax.signature import SignatureError
+
+    errors: list[type[BaseException]] = [CliError, UnknownModelError, SignatureError]
+    if "converters" in sys.modules or "torch" in sys.modules:
+        try:
+            from converters.data import DataError
+            from converters.torchvision import ConversionError, WeightsError
+
+            errors += [DataError, ConversionError, WeightsError]
+        except ImportError:
+            pass
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if getattr(args, "batch_size", 2) < 2:
+        print("affjax: error: --batch-size must be at least 2 (covariances need 2 samples)",
+              file=sys.stderr)
+        return 2
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:
+        print("affjax: interrupted; finished batches are kept, rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - user errors become one line, others re-raise
+        if isinstance(err, _user_errors()):
+            msg = " ".join(str(err).split())
+            print(f"affjax: error: {msg}", file=sys.stderr)
+            return 2
+        if isinstance(err, OSError) and os.environ.get("AFFJAX_DEBUG") is None:
+            print(f"affjax: error: {err}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

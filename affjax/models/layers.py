@@ -1,0 +1,236 @@
+"""Torch-faithful Flax building blocks and the activation call site.
+
+Arrays are NHWC; every helper reproduces the matching ``torch.nn`` operator on
+the NCHW tensor torch would hold, so converted weights give the same logits.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from affjax import metrics
+
+__all__ = [
+    "ACTIVATION_CLASSES",
+    "COLLECTION",
+    "Activation",
+    "BatchNorm",
+    "adaptive_avg_pool",
+    "avg_pool",
+    "conv",
+    "flatten_nchw",
+    "max_pool",
+]
+
+#: Flax collection the activation call sites ``sow`` their records into.
+COLLECTION = "affinity"
+
+#: torch's activation classes the reference hooks (``torch.nn.Threshold`` excluded).
+ACTIVATION_CLASSES = (
+    "ReLU", "RReLU", "Hardtanh", "ReLU6", "Sigmoid", "Hardsigmoid", "Tanh", "SiLU", "Mish",
+    "Hardswish", "ELU", "CELU", "SELU", "GLU", "GELU", "Hardshrink", "LeakyReLU", "LogSigmoid",
+    "Softplus", "Softshrink", "PReLU", "Softsign", "Tanhshrink", "Softmin", "Softmax",
+    "Softmax2d", "LogSoftmax",
+)  # fmt: skip
+
+_FUNCTIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "ReLU": nn.relu,
+    "ReLU6": nn.relu6,
+    "Sigmoid": nn.sigmoid,
+    "Hardsigmoid": nn.hard_sigmoid,
+    "Tanh": jnp.tanh,
+    "SiLU": nn.silu,
+    "Hardswish": nn.hard_swish,
+    "GELU": functools.partial(nn.gelu, approximate=False),  # torch's default is exact erf
+}
+
+
+# --------------------------------------------------------------------------- capture
+
+
+def _reference_reduce(x: jax.Array, torch_layout: str) -> jax.Array:
+    """The reference's reduction on the tensor as torch lays it out.
+
+    4-D: mean over torch's last two axes; 3-D: over the last; 2-D: as is.
+    ``torch_layout="NCHW"`` says our NHWC array is an NCHW tensor in torch (the
+    usual conv case); ``"same"`` that torch holds it in our axis order.
+    """
+    if x.ndim == 4:
+        axes = (1, 2) if torch_layout == "NCHW" else (2, 3)
+        return jnp.mean(x, axis=axes)
+    if x.ndim == 3:
+        return jnp.mean(x, axis=-1)
+    if x.ndim == 2:
+        return x
+    raise ValueError(f"cannot reduce a {x.ndim}-D activation to [n, d]")
+
+
+def _channel_reduce(x: jax.Array) -> jax.Array:
+    """Mean over every axis but batch and (last, channels-last) channel."""
+    return jnp.mean(x, axis=tuple(range(1, x.ndim - 1))) if x.ndim > 2 else x
+
+
+def _per_sample_sparsity(x: jax.Array) -> jax.Array:
+    flat = x.reshape(x.shape[0], -1)
+    return jnp.mean(jnp.abs(flat) <= metrics.SPARSITY_THRESHOLD, axis=1, dtype=jnp.float32)
+
+
+class Activation(nn.Module):
+    """An activation call site: applies the function and records what it saw.
+
+    When the :data:`COLLECTION` collection is mutable, each call ``sow``-s the
+    reduced ``[n, d]`` input and output (never the full tensors) and the
+    per-sample sparsity of the unreduced ones. A module called k times records
+    k entries, in call order.
+
+    Attributes:
+        kind: torch class name (``"ReLU"``...), part of the reference key.
+        torch_layout: ``"NCHW"`` when torch holds a 4-D tensor as NCHW (our
+            NHWC), ``"same"`` when torch's axis order is ours (channels-last
+            blocks, tokens).
+        functional: a ``torch.nn.functional`` call in the original model; the
+            reference does not see those, signatures skip them unless asked.
+        fn: the function, when ``kind`` alone does not determine it.
+    """
+
+    kind: str = "ReLU"
+    torch_layout: str = "NCHW"
+    functional: bool = False
+    fn: Callable[[jax.Array], jax.Array] | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        fn = self.fn or _FUNCTIONS[self.kind]
+        y = fn(x)
+        if self.is_mutable_collection(COLLECTION):
+            record = {
+                "x": _reference_reduce(x, self.torch_layout),
+                "y": _reference_reduce(y, self.torch_layout),
+                "sparsity_x": _per_sample_sparsity(x),
+                "sparsity_y": _per_sample_sparsity(y),
+            }
+            if x.ndim > 2 and not (x.ndim == 4 and self.torch_layout == "NCHW"):
+                record["x_channels"] = _channel_reduce(x)
+                record["y_channels"] = _channel_reduce(y)
+            self.sow(COLLECTION, "calls", record)
+        return y
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def conv(
+    features: int,
+    kernel_size: int | Sequence[int],
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    *,
+    groups: int = 1,
+    dilation: int = 1,
+    bias: bool = True,
+    name: str | None = None,
+) -> nn.Conv:
+    """``torch.nn.Conv2d`` as ``flax.linen.Conv`` with torch's explicit padding."""
+    ph, pw = _pair(padding)
+    return nn.Conv(
+        features,
+        _pair(kernel_size),
+        strides=_pair(stride),
+        padding=((ph, ph), (pw, pw)),
+        kernel_dilation=_pair(dilation),
+        feature_group_count=groups,
+        use_bias=bias,
+        name=name,
+    )
+
+
+#: ``torch.nn.BatchNorm2d`` in eval mode (running statistics, eps 1e-5).
+BatchNorm = functools.partial(nn.BatchNorm, use_running_average=True, momentum=0.9, epsilon=1e-5)
+
+
+def _pool_padding(size: int, k: int, s: int, p: int, ceil_mode: bool) -> tuple[int, int]:
+    """(left, right) padding giving torch's output size, ceil_mode included."""
+    span = size + 2 * p - k
+    out = (math.ceil(span / s) if ceil_mode else span // s) + 1
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1  # torch: the last window must start inside the input or left padding
+    return p, (out - 1) * s + k - size - p
+
+
+def max_pool(
+    x: jax.Array,
+    kernel_size: int | Sequence[int],
+    stride: int | Sequence[int] | None = None,
+    padding: int | Sequence[int] = 0,
+    ceil_mode: bool = False,
+) -> jax.Array:
+    """``torch.nn.MaxPool2d`` (padding with -inf, ``ceil_mode``) on NHWC."""
+    k = _pair(kernel_size)
+    s = _pair(stride if stride is not None else kernel_size)
+    p = _pair(padding)
+    pads = [_pool_padding(x.shape[1 + i], k[i], s[i], p[i], ceil_mode) for i in range(2)]
+    return lax.reduce_window(
+        x, -jnp.inf, lax.max, (1, *k, 1), (1, *s, 1), ((0, 0), *pads, (0, 0))
+    )
+
+
+def avg_pool(
+    x: jax.Array,
+    kernel_size: int | Sequence[int],
+    stride: int | Sequence[int] | None = None,
+    padding: int | Sequence[int] = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+) -> jax.Array:
+    """``torch.nn.AvgPool2d`` on NHWC, with torch's divisor rules."""
+    k = _pair(kernel_size)
+    s = _pair(stride if stride is not None else kernel_size)
+    p = _pair(padding)
+    pads = [_pool_padding(x.shape[1 + i], k[i], s[i], p[i], ceil_mode) for i in range(2)]
+    window, strides = (1, *k, 1), (1, *s, 1)
+    padding4 = ((0, 0), *pads, (0, 0))
+    total = lax.reduce_window(x, 0.0, lax.add, window, strides, padding4)
+    ones = jnp.ones((1, x.shape[1], x.shape[2], 1), x.dtype)
+    if count_include_pad:
+        # torch counts the explicit padding but not ceil_mode's overhang.
+        padded = jnp.pad(ones, ((0, 0), (p[0], p[0]), (p[1], p[1]), (0, 0)), constant_values=1.0)
+        extra = ((0, 0), (0, pads[0][1] - p[0]), (0, pads[1][1] - p[1]), (0, 0))
+        count = lax.reduce_window(padded, 0.0, lax.add, window, strides, extra)
+    else:
+        count = lax.reduce_window(ones, 0.0, lax.add, window, strides, padding4)
+    return total / count
+
+
+def adaptive_avg_pool(x: jax.Array, output_size: int | Sequence[int]) -> jax.Array:
+    """``torch.nn.AdaptiveAvgPool2d``: bin i spans [floor(i H / o), ceil((i + 1) H / o))."""
+    oh, ow = _pair(output_size)
+    h, w = x.shape[1:3]
+    if (h, w) == (oh, ow):
+        return x
+    if h % oh == 0 and w % ow == 0:
+        return avg_pool(x, (h // oh, w // ow))
+
+    def bins(size, out):
+        return [(i * size // out, -(-(i + 1) * size // out)) for i in range(out)]
+
+    rows = [
+        jnp.stack([jnp.mean(x[:, a:b, c:e], axis=(1, 2)) for c, e in bins(w, ow)], axis=1)
+        for a, b in bins(h, oh)
+    ]
+    return jnp.stack(rows, axis=1)
+
+
+def flatten_nchw(x: jax.Array) -> jax.Array:
+    """``torch.flatten(x, 1)`` of the NCHW tensor torch holds, so Linear weights line up."""
+    return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1) if x.ndim == 4 else x

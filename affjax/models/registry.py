@@ -1,0 +1,60 @@
+"""One registry mapping torchvision model names to Flax presets."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable
+from typing import NamedTuple
+
+import flax.linen as nn
+
+__all__ = ["ModelSpec", "UnknownModelError", "get", "list_models", "register", "torch_path"]
+
+
+class ModelSpec(NamedTuple):
+    name: str  # torchvision name, e.g. "resnet18"
+    family: str  # file in affjax/models, e.g. "resnet"
+    build: Callable[..., nn.Module]  # build(num_classes=1000) -> module
+
+
+class UnknownModelError(ValueError):
+    """A model name that no family registered."""
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(name: str, family: str, build: Callable[..., nn.Module]) -> None:
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} registered twice")
+    _REGISTRY[name] = ModelSpec(name, family, build)
+
+
+def list_models(family: str | None = None) -> list[str]:
+    """Supported torchvision names, in registration order."""
+    return [s.name for s in _REGISTRY.values() if family is None or s.family == family]
+
+
+def get(name: str) -> ModelSpec:
+    """The spec of a supported model; a clear error with suggestions otherwise."""
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise UnknownModelError(
+            f"unknown model {name!r}.{hint} `affjax models` lists the {len(_REGISTRY)} supported."
+        )
+    return _REGISTRY[name]
+
+
+_INDEX = re.compile(r"_(\d+)$")
+
+
+def torch_path(flax_path: tuple[str, ...] | list[str]) -> str:
+    """Dotted torch attribute path of a Flax module path.
+
+    Flax submodules are named after torchvision attributes; a ``Sequential``
+    index is joined with ``_`` (torch ``layer1.0`` -> Flax ``layer1_0``), so a
+    trailing ``_<digits>`` turns back into ``.<digits>``.
+    """
+    return ".".join(_INDEX.sub(r".\1", part) for part in flax_path)
