@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from affjax import precision as precision_lib
 from affjax.math import covariance, matrix_square_root
@@ -118,8 +119,9 @@ def affinity_score(
     Raises:
         ValueError: mismatched shapes, fewer than 2 samples, non-float input.
     """
-    x = jnp.asarray(x)
-    y = jnp.asarray(y)
+    # No jnp conversion out here: outside the x64 scope it would round float64 to float32.
+    x = x if isinstance(x, jax.Array) else np.asarray(x)
+    y = y if isinstance(y, jax.Array) else np.asarray(y)
     if x.shape != y.shape:
         raise ValueError(f"x and y must have the same shape [n, d], got {x.shape} and {y.shape}")
     if x.ndim < 2:
@@ -136,5 +138,6 @@ def affinity_score(
     dtype = precision_lib.dtype_of(precision)
     with precision_lib.scope(precision):
         return _score_jit(
-            x.astype(dtype), y.astype(dtype), shrinkage=shrinkage, solver=solver, rtol=rtol
+            jnp.asarray(x, dtype), jnp.asarray(y, dtype), shrinkage=shrinkage, solver=solver,
+            rtol=rtol,
         )

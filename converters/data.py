@@ -71,7 +71,7 @@ _RANDOM_SHAPE = (3, 256, 256)
 # Advice reused by the "not found" messages.
 _DOWNLOAD_HINT = "Pass --download (download=True) on a machine with a network"
 _LIST_MODELS_HINT = (
-    "run `python -c \"import torchvision; "
+    'run `python -c "import torchvision; '
     'print(torchvision.models.list_models(module=torchvision.models))"` '
     "to see the supported names"
 )
@@ -244,7 +244,7 @@ def _torchvision_dataset(cls, pretty: str, root: Path, preprocess, download: boo
         # ``root/FashionMNIST/raw`` and require train and test files alike.
         base = root / cls.__name__ / "raw"
         expected = [os.path.splitext(os.path.basename(u))[0] for u, _ in cls.resources]
-        archive = "the four *-ubyte.gz files (decompressed)"
+        archive = "the four decompressed *-ubyte files (gunzip the *-ubyte.gz downloads)"
     else:
         # CIFAR checks every batch, the *train* batches included, against its
         # MD5 sum even for ``train=False``, plus the meta file.
@@ -275,9 +275,8 @@ def _image_folder(root: Path, preprocess, *, download: bool, name: str):
     """Builds ``ImageFolder(root)``, turning every "nothing there" into DataError."""
     # ImageFolder has no download: ImageNet and custom folders must be placed
     # by hand, so say so instead of suggesting --download.
-    how = (
-        f"put the images in class sub-folders {root}/<class>/<image>"
-        + (" (image folders cannot be downloaded automatically)" if download else "")
+    how = f"put the images in class sub-folders {root}/<class>/<image>" + (
+        " (image folders cannot be downloaded automatically)" if download else ""
     )
     if not root.is_dir():
         raise DataError(f"Dataset {name!r}: directory {root} not found; {how}.")
@@ -328,7 +327,9 @@ def make_dataset(
     preprocess = _ToRGB(preprocess)
     tv = torchvision.datasets
     if key == "cifar10":
-        return _torchvision_dataset(tv.CIFAR10, "CIFAR-10", data_dir / "cifar10", preprocess, download)
+        return _torchvision_dataset(
+            tv.CIFAR10, "CIFAR-10", data_dir / "cifar10", preprocess, download
+        )
     if key == "cifar100":
         return _torchvision_dataset(
             tv.CIFAR100, "CIFAR-100", data_dir / "cifar100", preprocess, download

@@ -19,8 +19,10 @@ class PsdRoots(NamedTuple):
 def roots(a: jnp.ndarray) -> PsdRoots:
     r"""PSD square root and its pseudo-inverse through one ``eigh``.
 
-    Negative eigenvalues (round-off on a PSD matrix) are clipped to zero; the
-    pseudo-inverse drops eigenvalues below ``d * eps * max`` like ``pinv``.
+    Negative eigenvalues (round-off on a PSD matrix) are clipped to zero. The
+    pseudo-inverse drops square roots below ``rcond * max`` with torch's
+    ``pinverse`` default ``rcond = 1e-15`` in float64 (what the reference
+    applies to the same matrix), ``d * eps`` in lower precision.
 
     Args:
         a: symmetric ``[d, d]``.
@@ -32,7 +34,9 @@ def roots(a: jnp.ndarray) -> PsdRoots:
     w, v = jnp.linalg.eigh(a)
     w = jnp.maximum(w, 0.0)
     s = jnp.sqrt(w)
-    cutoff = a.shape[-1] * jnp.finfo(a.dtype).eps * jnp.max(s)
+    eps = jnp.finfo(a.dtype).eps
+    rcond = 1e-15 if eps < 1e-15 else a.shape[-1] * eps
+    cutoff = rcond * jnp.max(s)
     keep = s > cutoff
     inv = jnp.where(keep, 1.0 / jnp.where(keep, s, 1.0), 0.0)
     return PsdRoots(sqrt=(v * s) @ v.T, inv_sqrt=(v * inv) @ v.T)

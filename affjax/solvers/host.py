@@ -47,4 +47,5 @@ def host_assignment(cost: jax.Array) -> tuple[jax.Array, jax.Array]:
     shape = jax.ShapeDtypeStruct(cost.shape[:-1], jnp.int32)
     perm = jax.pure_callback(_solve_numpy, shape, cost, vmap_method="expand_dims")
     total = jnp.sum(jnp.take_along_axis(cost, perm[..., None], axis=-1)[..., 0], axis=-1)
-    return perm, total
+    finite = jnp.all(jnp.isfinite(cost), axis=(-2, -1))
+    return perm, jnp.where(finite, total, jnp.nan)

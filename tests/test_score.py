@@ -1,0 +1,167 @@
+"""affinity_score: closed forms, published figures, the PyTorch reference, transforms, bad input."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from affjax import affinity_score
+from affjax.cli import demo_rows
+from converters.reference import rho_aff
+
+
+def _affine(n, d, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)) * rng.uniform(0.5, 2, size=d)
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    a = (q * rng.uniform(0.5, 2, size=d)) @ q.T  # symmetric PD, spectrum in [0.5, 2]
+    return x, x @ a + rng.normal(size=d)
+
+
+@pytest.mark.parametrize("n,d", [(200, 1), (300, 8), (500, 32)])
+def test_psd_affine_map_scores_one(n, d):
+    x, y = _affine(n, d, n + d)
+    r = affinity_score(x, y)
+    assert r.score.dtype == jnp.float64
+    # The 1e-6 ridge makes the fitted map differ from the true one by O(1e-6 / variance);
+    # variances here are O(1).
+    assert abs(float(r.score) - 1.0) <= 1e-6
+    assert not bool(r.degenerate) and bool(r.finite) and bool(r.converged)
+
+
+def test_one_dimension_is_the_sorted_matching():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(400, 1))
+    y = np.tanh(3 * x) + 0.1 * rng.normal(size=(400, 1))
+    r = affinity_score(x, y)
+    sx, sy = np.var(x, ddof=1) + 1e-6, np.var(y, ddof=1) + 1e-6
+    t = np.sqrt(sy / sx) * (x[:, 0] - x.mean())  # 1-D Bures map, centred on my
+    w2 = np.mean((np.sort(t) - np.sort(y[:, 0] - y.mean())) ** 2)
+    assert float(r.w2) == pytest.approx(w2, rel=1e-12)
+    assert float(r.score) == pytest.approx(1 - np.sqrt(w2 / (2 * sy)), rel=1e-12)
+    # the host solver on the full problem agrees with the 1-D closed form
+    y2 = np.concatenate([y, np.zeros_like(y)], axis=1)
+    x2 = np.concatenate([x, np.zeros_like(x)], axis=1)
+    assert float(affinity_score(x2, y2, solver="host").w2) == pytest.approx(w2, rel=1e-9)
+
+
+def test_published_notebook_figures():
+    # DESIGN.md: x^k -> 1.00 .71 .58 .40 .29 .20; ReLU/Tanh/Sigmoid -> .49 .67 .77 (2 decimals)
+    for case, published, ours in demo_rows(solver="host"):
+        assert ours == pytest.approx(published, abs=0.005 + 1e-9), case
+
+
+_PARITY_CASES = [
+    (50, 1, "relu"), (50, 20, "tanh"), (64, 200, "relu"), (256, 64, "gelu"),
+    (512, 512, "relu"), (1024, 16, "sigmoid"), (300, 1024, "tanh"),
+]
+
+
+def _activation(name, x):
+    t = torch.from_numpy(x)
+    fn = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
+          "gelu": torch.nn.functional.gelu}[name]
+    return fn(t).numpy()
+
+
+@pytest.mark.parametrize("n,d,act", _PARITY_CASES)
+@pytest.mark.parametrize("shrinkage", [False, True])
+def test_matches_pytorch_reference_float64(n, d, act, shrinkage):
+    rng = np.random.default_rng(n * d)
+    x = rng.normal(size=(n, d)) @ (np.eye(d) + 0.3 * rng.normal(size=(d, d)) / np.sqrt(d)) - 0.3
+    y = _activation(act, x)
+    want = rho_aff(x, y, correct_cov=shrinkage, dtype=torch.float64)
+    got = float(affinity_score(x, y, shrinkage=shrinkage).score)
+    assert got == pytest.approx(want, abs=2e-4), (n, d, act)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("d", [64, 512])
+def test_matches_pytorch_reference_n2048(d):
+    rng = np.random.default_rng(d)
+    x = rng.normal(size=(2048, d))
+    y = np.maximum(x, 0)
+    want = rho_aff(x, y, dtype=torch.float64)
+    assert float(affinity_score(x, y).score) == pytest.approx(want, abs=2e-4)
+
+
+def test_float32_mode_close_to_float64():
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(256, 32))
+    y = np.tanh(x)
+    r64 = affinity_score(x, y)
+    r32 = affinity_score(x, y, precision="float32")
+    assert r32.score.dtype == jnp.float32
+    # measured |diff| ~1e-7 on well-conditioned data (README: precision)
+    assert float(r32.score) == pytest.approx(float(r64.score), abs=1e-4)
+
+
+def test_import_leaves_global_x64_untouched():
+    affinity_score(np.ones((4, 2)) * np.arange(4)[:, None], np.ones((4, 2)))
+    assert not jax.config.jax_enable_x64
+
+
+class TestTransforms(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_jit_and_no_jit_identical(self):
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(80, 6))
+        y = np.maximum(x, 0)
+        with jax.enable_x64(True):
+            fn = self.variant(lambda a, b: affinity_score(a, b).score)
+            got = fn(jnp.asarray(x), jnp.asarray(y))
+        assert float(got) == float(affinity_score(x, y).score)
+
+    def test_vmap_equals_loop(self):
+        rng = np.random.default_rng(1)
+        xs = rng.normal(size=(4, 60, 5))
+        ys = np.tanh(xs) + 0.05 * xs**2
+        batched = affinity_score(xs, ys)
+        with jax.enable_x64(True):
+            vmapped = jax.vmap(lambda a, b: affinity_score(a, b))(jnp.asarray(xs), jnp.asarray(ys))
+        loop = [affinity_score(a, b) for a, b in zip(xs, ys, strict=True)]
+        for i, r in enumerate(loop):
+            assert float(batched.score[i]) == float(r.score)
+            assert float(vmapped.score[i]) == float(r.score)
+            assert float(vmapped.w2[i]) == float(r.w2)
+
+    def test_no_retrace_for_same_shapes(self):
+        from affjax import score as score_lib
+
+        rng = np.random.default_rng(2)
+        affinity_score(rng.normal(size=(30, 3)), rng.normal(size=(30, 3)))
+        before = score_lib._score_jit._cache_size()
+        for _ in range(3):
+            affinity_score(rng.normal(size=(30, 3)), rng.normal(size=(30, 3)))
+        assert score_lib._score_jit._cache_size() == before
+
+
+def test_bad_input_is_a_clear_error():
+    with pytest.raises(ValueError, match="same shape"):
+        affinity_score(np.ones((5, 2)), np.ones((5, 3)))
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        affinity_score(np.ones((1, 2)), np.ones((1, 2)))
+    with pytest.raises(ValueError, match=r"\[n, 1\]"):
+        affinity_score(np.ones(5), np.ones(5))
+    with pytest.raises(ValueError, match="unknown precision"):
+        affinity_score(np.ones((5, 2)), np.ones((5, 2)), precision="float16")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_input_gives_flagged_nan(bad):
+    x = np.random.default_rng(0).normal(size=(20, 3))
+    y = np.tanh(x)
+    y[3, 1] = bad
+    r = affinity_score(x, y)
+    assert np.isnan(float(r.score)) and not bool(r.finite)
+
+
+def test_constant_output_is_flagged_degenerate():
+    x = np.random.default_rng(0).normal(size=(50, 4))
+    r = affinity_score(x, np.full_like(x, 0.5))
+    # A = 0 maps every point to the (exact) output mean: W2 = 0, score 1, as the reference.
+    assert bool(r.degenerate)
+    assert float(r.score) == 1.0
+    assert rho_aff(x, np.full_like(x, 0.5), dtype=torch.float64) == 1.0
