@@ -52,16 +52,27 @@ def _score(x, y, *, shrinkage: bool, solver: str, rtol: float) -> AffinityResult
     # Keep NaN/Inf out of eigh and the solver; the result is flagged and set to NaN.
     x = jnp.where(finite, x, 0.0)
     y = jnp.where(finite, y, 0.0)
-    estimator = covariance.ledoit_wolf if shrinkage else covariance.empirical
-    sx, sy = estimator(x), estimator(y)
     mx, my = jnp.mean(x, axis=0), jnp.mean(y, axis=0)
-    tr = jnp.trace(sy)
+    xc, yc = x - mx, y - my
+    k = d
+    if d > 2 * n:
+        # Centred samples span at most 2n dimensions. Outside that span both
+        # covariances are scalar (ridge, or the Ledoit-Wolf floor), so the Bures map
+        # is a scalar there and never touches the centred data: work in an
+        # orthonormal basis of the span ([d, 2n]) instead of d x d.
+        basis, _ = jnp.linalg.qr(jnp.concatenate([xc, yc], axis=0).T)
+        xc, yc = xc @ basis, yc @ basis
+        k = basis.shape[1]
+    if shrinkage:
+        (sx, _), (sy, floor_y) = (covariance.ledoit_wolf_parts(v, dim=d) for v in (xc, yc))
+    else:
+        sx, sy = covariance.empirical(xc), covariance.empirical(yc)
+        floor_y = covariance.RIDGE
+    tr = jnp.trace(sy) + floor_y * (d - k)
     degenerate = tr <= DEGENERATE_TRACE * d
     a = matrix_square_root.bures_map(sx, sy)
     a = jnp.where(degenerate, 0.0, a)
-    # Centre both clouds on my: the cost expansion below then cancels less.
-    tc = (x - mx) @ a
-    yc = y - my
+    tc = xc @ a  # mapped inputs, centred on my (the cost below then cancels less)
     if d == 1:
         w2 = _sorted_w2(tc, yc)
         gap, converged = jnp.zeros_like(w2), jnp.asarray(True)
@@ -138,6 +149,9 @@ def affinity_score(
     dtype = precision_lib.dtype_of(precision)
     with precision_lib.scope(precision):
         return _score_jit(
-            jnp.asarray(x, dtype), jnp.asarray(y, dtype), shrinkage=shrinkage, solver=solver,
+            jnp.asarray(x, dtype),
+            jnp.asarray(y, dtype),
+            shrinkage=shrinkage,
+            solver=solver,
             rtol=rtol,
         )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-__all__ = ["RIDGE", "empirical", "ledoit_wolf", "ledoit_wolf_shrinkage"]
+__all__ = ["RIDGE", "empirical", "ledoit_wolf", "ledoit_wolf_parts", "ledoit_wolf_shrinkage"]
 
 #: Ridge the published method adds to every covariance "to avoid singularities".
 RIDGE = 1e-6
@@ -36,7 +36,7 @@ def empirical(x: jnp.ndarray, ridge: float = RIDGE) -> jnp.ndarray:
     return xc.T @ xc / (n - 1) + ridge * jnp.eye(d, dtype=x.dtype)
 
 
-def ledoit_wolf_shrinkage(x: jnp.ndarray) -> jnp.ndarray:
+def ledoit_wolf_shrinkage(x: jnp.ndarray, dim: int | None = None) -> jnp.ndarray:
     r"""Ledoit–Wolf shrinkage coefficient, as scikit-learn's ``ledoit_wolf_shrinkage``.
 
     With centred :math:`X`, :math:`S = X^\top X / n` and :math:`\mu = \mathrm{tr}(S)/d`:
@@ -49,12 +49,16 @@ def ledoit_wolf_shrinkage(x: jnp.ndarray) -> jnp.ndarray:
 
     Args:
         x: samples ``[n, d]`` (centred inside).
+        dim: the data's full dimension when ``x`` holds its coordinates in an
+            orthonormal basis of a subspace containing the centred samples
+            (every quantity above is invariant under that projection but ``d``).
 
     Returns:
         scalar shrinkage in ``[0, 1]``; 0 when ``d == 1`` (the shrunk estimate
         does not depend on it there) or when the data are constant.
     """
-    n, d = x.shape
+    n, k = x.shape
+    d = dim or k
     xc = _centered(x)
     x2 = xc * xc
     emp_cov_trace = jnp.sum(x2, axis=0) / n
@@ -69,10 +73,10 @@ def ledoit_wolf_shrinkage(x: jnp.ndarray) -> jnp.ndarray:
     beta = jnp.minimum(beta, delta)
     safe = (beta != 0) & (delta != 0)
     shrink = jnp.where(safe, beta / jnp.where(safe, delta, 1.0), 0.0)
-    return shrink if d > 1 else jnp.zeros_like(shrink)
+    return shrink if k > 1 else jnp.zeros_like(shrink)
 
 
-def ledoit_wolf(x: jnp.ndarray, ridge: float = RIDGE) -> jnp.ndarray:
+def ledoit_wolf(x: jnp.ndarray, ridge: float = RIDGE, dim: int | None = None) -> jnp.ndarray:
     r"""Ledoit–Wolf shrunk covariance plus a ridge.
 
     Matches ``sklearn.covariance.LedoitWolf().fit(x).covariance_ + ridge * I``:
@@ -84,14 +88,29 @@ def ledoit_wolf(x: jnp.ndarray, ridge: float = RIDGE) -> jnp.ndarray:
     Args:
         x: samples ``[n, d]``.
         ridge: :math:`\lambda`.
+        dim: full dimension when ``x`` are subspace coordinates (see
+            :func:`ledoit_wolf_shrinkage`); the result is then the covariance
+            restricted to that subspace.
 
     Returns:
         ``[d, d]`` covariance.
     """
-    n, d = x.shape
+    return ledoit_wolf_parts(x, ridge, dim)[0]
+
+
+def ledoit_wolf_parts(
+    x: jnp.ndarray, ridge: float = RIDGE, dim: int | None = None
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """:func:`ledoit_wolf` and the scalar it puts on the diagonal, ``s * mu + ridge``.
+
+    Outside the span of the samples the shrunk covariance is that scalar times
+    the identity, which the score needs when working in a subspace.
+    """
+    n, k = x.shape
+    d = dim or k
     xc = _centered(x)
     emp = xc.T @ xc / n
     mu = jnp.trace(emp) / d
-    s = ledoit_wolf_shrinkage(x)
-    eye = jnp.eye(d, dtype=x.dtype)
-    return (1.0 - s) * emp + (s * mu + ridge) * eye
+    s = ledoit_wolf_shrinkage(x, dim=d)
+    floor = s * mu + ridge
+    return (1.0 - s) * emp + floor * jnp.eye(k, dtype=x.dtype), floor
