@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
+    "R2_RCOND",
     "SPARSITY_THRESHOLD",
     "cka",
     "entropy",
@@ -31,7 +32,8 @@ def cka(x: jax.Array, y: jax.Array) -> jax.Array:
     r"""Linear centred kernel alignment of ``x`` ``[n, d]`` and ``y`` ``[n, e]``.
 
     .. math::
-        \mathrm{CKA} = \frac{\|\bar X^\top \bar Y\|_F^2}{\|\bar X^\top \bar X\|_F\,\|\bar Y^\top \bar Y\|_F}
+        \mathrm{CKA} = \frac{\|\bar X^\top \bar Y\|_F^2}
+                            {\|\bar X^\top \bar X\|_F\,\|\bar Y^\top \bar Y\|_F}
 
     equal to the reference's HSIC form with centred Gram matrices; the
     feature form costs :math:`O(n d^2)` instead of :math:`O(n^2 d)`, the Gram
@@ -87,19 +89,26 @@ def norm_diff(x: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.sum((x - y) ** 2))
 
 
-def r2(x: jax.Array, y: jax.Array) -> jax.Array:
+#: Relative singular-value cutoff of the least-squares fit in :func:`r2`:
+#: scikit-learn's ``LinearRegression(tol=1e-6)`` passes it to ``scipy.linalg.lstsq``
+#: as ``cond`` (since scikit-learn 1.7, the version the reference runs with here).
+R2_RCOND = 1e-6
+
+
+def r2(x: jax.Array, y: jax.Array, rcond: float = R2_RCOND) -> jax.Array:
     r""":math:`R^2` of the least-squares fit of ``y`` on ``x`` with intercept.
 
     As ``LinearRegression().fit(x, y).score(x, y)``: the fit is the projection
     of the centred ``y`` on the column space of the centred ``x`` (minimum-norm
-    least squares, so ``d >= n`` fits exactly); :math:`R^2` is averaged
+    least squares with singular values below ``rcond * s_max`` dropped, so
+    ``d >= n`` fits exactly); :math:`R^2` is averaged
     uniformly over outputs, with scikit-learn's conventions for constant
     outputs (1 if also perfectly predicted, else 0).
     """
     xc, yc = _centered(x), _centered(y)
     u, s, _ = jnp.linalg.svd(xc, full_matrices=False)
-    # Same cutoff as LAPACK gelsd's default rcond in scipy.linalg.lstsq.
-    keep = s > jnp.finfo(x.dtype).eps * max(x.shape) * s[0]
+    # Directions below rcond * s_max are treated as rank deficiency, as lstsq does.
+    keep = s > max(rcond, jnp.finfo(x.dtype).eps * max(x.shape)) * s[0]
     u = u * keep
     resid = yc - u @ (u.T @ yc)
     num = jnp.sum(resid**2, axis=0)
