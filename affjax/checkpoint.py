@@ -19,8 +19,9 @@ __all__ = ["FORMAT", "load_variables", "save_variables"]
 FORMAT = "affjax.variables/1"
 
 
-def save_variables(path, name: str, module: nn.Module, variables: dict, *,
-                   meta: dict | None = None) -> None:
+def save_variables(
+    path, name: str, module: nn.Module, variables: dict, *, meta: dict | None = None
+) -> None:
     """Writes the variables of ``module`` (model ``name``) atomically to ``path``."""
     models.registry.get(name)
     payload = {

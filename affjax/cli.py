@@ -46,15 +46,28 @@ def demo_rows(solver: str = "auto") -> list[tuple[str, float, float]]:
     x = np.linspace(-1, 1, 1000)[:, None]
     rows = []
     for k, published in _POLYNOMIALS:
-        rows.append((f"x^{k} on linspace(-1, 1, 1000)", published,
-                     float(affinity_score(x, x**k, solver=solver).score)))
-    fns = {"ReLU": lambda v: np.maximum(v, 0), "Tanh": np.tanh,
-           "Sigmoid": lambda v: 1 / (1 + np.exp(-v))}
+        rows.append(
+            (
+                f"x^{k} on linspace(-1, 1, 1000)",
+                published,
+                float(affinity_score(x, x**k, solver=solver).score),
+            )
+        )
+    fns = {
+        "ReLU": lambda v: np.maximum(v, 0),
+        "Tanh": np.tanh,
+        "Sigmoid": lambda v: 1 / (1 + np.exp(-v)),
+    }
     rng = np.random.RandomState(987)  # same stream as np.random.seed(987)
     for name, published in _ACTIVATIONS:
         v = rng.normal(-1, 2, (1000, 1))
-        rows.append((f"{name} of N(-1, 2^2), 1000 samples", published,
-                     float(affinity_score(v, fns[name](v), solver=solver).score)))
+        rows.append(
+            (
+                f"{name} of N(-1, 2^2), 1000 samples",
+                published,
+                float(affinity_score(v, fns[name](v), solver=solver).score),
+            )
+        )
     return rows
 
 
@@ -111,10 +124,11 @@ def _batches(args, name):
             raise CliError(f"{path} holds {images.shape[0]} images < batch size {args.batch_size}")
         ids = range(nb) if args.batch_id == -1 else [args.batch_id]
         if args.batch_id >= nb:
-            raise CliError(f"batch {args.batch_id} does not exist: {nb} batches of "
-                           f"{args.batch_size} in {path}")
+            raise CliError(
+                f"batch {args.batch_id} does not exist: {nb} batches of {args.batch_size} in {path}"
+            )
         for b in ids:
-            yield b, lambda b=b: np.asarray(images[b * args.batch_size:(b + 1) * args.batch_size])
+            yield b, lambda b=b: np.asarray(images[b * args.batch_size : (b + 1) * args.batch_size])
         return
     from converters import data
 
@@ -122,13 +136,20 @@ def _batches(args, name):
     if weights is not None and (weights == "random" or Path(weights).suffix in (".pt", ".pth")):
         weights = None
     preprocess = data.preprocess_for(name, weights)
-    dataset = data.make_dataset(args.dataset, Path(args.data_dir), preprocess,
-                                download=args.download, seed=args.seed,
-                                num_random=args.num_random)
+    dataset = data.make_dataset(
+        args.dataset,
+        Path(args.data_dir),
+        preprocess,
+        download=args.download,
+        seed=args.seed,
+        num_random=args.num_random,
+    )
     nb = data.num_batches(dataset, args.batch_size)
     if args.batch_id != -1 and not 0 <= args.batch_id < nb:
-        raise CliError(f"batch {args.batch_id} does not exist: {args.dataset} has {nb} "
-                       f"batches of {args.batch_size}")
+        raise CliError(
+            f"batch {args.batch_id} does not exist: {args.dataset} has {nb} "
+            f"batches of {args.batch_size}"
+        )
     ids = range(nb) if args.batch_id == -1 else [args.batch_id]
     for b in ids:
         yield b, lambda b=b: next(data.iter_batches(dataset, args.batch_size, b))[1]
@@ -146,12 +167,23 @@ def _cmd_signature(args) -> int:
     name, module, variables, info = _load_model(args)
     t_load = time.perf_counter() - t0
     dataset = "images:" + Path(args.images).name if args.images else args.dataset
-    stem = f"{name}_{Path(dataset).stem if args.images else dataset}_{args.batch_size}_{args.batch_id}"
+    stem = (
+        f"{name}_{Path(dataset).stem if args.images else dataset}_{args.batch_size}_{args.batch_id}"
+    )
     partial_dir = out / f".{stem}.partial"
-    settings = {"model": name, "dataset": dataset, "batch_size": args.batch_size,
-                "batch_id": args.batch_id, "seed": args.seed, "reduce": args.reduce,
-                "metrics": args.metrics, "solver": args.solver, "precision": args.precision,
-                "functional": args.functional, "weights": info.get("weights")}
+    settings = {
+        "model": name,
+        "dataset": dataset,
+        "batch_size": args.batch_size,
+        "batch_id": args.batch_id,
+        "seed": args.seed,
+        "reduce": args.reduce,
+        "metrics": args.metrics,
+        "solver": args.solver,
+        "precision": args.precision,
+        "functional": args.functional,
+        "weights": info.get("weights"),
+    }
     if args.rerun and partial_dir.exists():
         for f in partial_dir.glob("batch_*.json"):
             f.unlink()
@@ -170,9 +202,17 @@ def _cmd_signature(args) -> int:
                 continue
         t1 = time.perf_counter()
         images = get_images()
-        sig = signature(module, variables, images, reduce=args.reduce, metrics=args.metrics,
-                        chunk_size=args.chunk_size, solver=args.solver,
-                        precision=args.precision, functional=args.functional)
+        sig = signature(
+            module,
+            variables,
+            images,
+            reduce=args.reduce,
+            metrics=args.metrics,
+            chunk_size=args.chunk_size,
+            solver=args.solver,
+            precision=args.precision,
+            functional=args.functional,
+        )
         batch_records = [{"batch": b, **r} for r in sig.records()]
         timings["batches"][b] = time.perf_counter() - t1
         reports.write_json(part, batch_records, {"settings": settings})
@@ -194,8 +234,10 @@ def _cmd_signature(args) -> int:
     failed = result.failures()
     print(f"wrote {out / stem}.csv/.json/.png: {len(records)} calls", file=sys.stderr)
     if failed:
-        raise CliError(f"{len(failed)} call(s) could not be scored and are NaN in the outputs "
-                       f"(first: {failed[0]['layer']}: {failed[0]['status']})")
+        raise CliError(
+            f"{len(failed)} call(s) could not be scored and are NaN in the outputs "
+            f"(first: {failed[0]['layer']}: {failed[0]['status']})"
+        )
     return 0
 
 
@@ -221,8 +263,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="affjax", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("models", help="list supported torchvision models").set_defaults(
-        fn=_cmd_models)
+    sub.add_parser("models", help="list supported torchvision models").set_defaults(fn=_cmd_models)
 
     demo = sub.add_parser("score-demo", help="reproduce the published toy figures")
     demo.add_argument("--solver", default="auto", choices=("auto", "host", "auction"))
@@ -230,11 +271,17 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("signature", help="non-linearity signature of a model on a dataset")
     s.add_argument("model", nargs="?", help="torchvision name, e.g. resnet18")
-    s.add_argument("--weights", default="DEFAULT",
-                   help="DEFAULT, an enum name (IMAGENET1K_V1...), random, or a state_dict path")
+    s.add_argument(
+        "--weights",
+        default="DEFAULT",
+        help="DEFAULT, an enum name (IMAGENET1K_V1...), random, or a state_dict path",
+    )
     s.add_argument("--variables", help="converted variables from `affjax convert` (no torch)")
-    s.add_argument("--dataset", default="random",
-                   help="random, cifar10, cifar100, fashionMNIST, imagenet or a folder name")
+    s.add_argument(
+        "--dataset",
+        default="random",
+        help="random, cifar10, cifar100, fashionMNIST, imagenet or a folder name",
+    )
     s.add_argument("--images", help="a .npy of preprocessed NHWC float32 images (no torch)")
     s.add_argument("--data-dir", default="./data")
     s.add_argument("--download", action="store_true", help="let torchvision fetch the dataset")
@@ -244,12 +291,19 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=987)
     s.add_argument("--reduce", default="reference", choices=REDUCTIONS)
     s.add_argument("--metrics", nargs="+", default=list(METRICS), choices=METRICS)
-    s.add_argument("--chunk-size", type=int, default=None,
-                   help="images per forward pass (memory); default: whole batch")
+    s.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="images per forward pass (memory); default: whole batch",
+    )
     s.add_argument("--solver", default="auto", choices=("auto", "host", "auction"))
     s.add_argument("--precision", default="auto", choices=("auto", "float64", "float32"))
-    s.add_argument("--functional", action="store_true",
-                   help="also score F.relu-style calls (keys 'path:F.relu'; not in the reference)")
+    s.add_argument(
+        "--functional",
+        action="store_true",
+        help="also score F.relu-style calls (keys 'path:F.relu'; not in the reference)",
+    )
     s.add_argument("--out", default="results")
     s.add_argument("--rerun", action="store_true", help="ignore finished batches of a resumed run")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -283,14 +337,18 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if getattr(args, "batch_size", 2) < 2:
-        print("affjax: error: --batch-size must be at least 2 (covariances need 2 samples)",
-              file=sys.stderr)
+        print(
+            "affjax: error: --batch-size must be at least 2 (covariances need 2 samples)",
+            file=sys.stderr,
+        )
         return 2
     try:
         return args.fn(args)
     except KeyboardInterrupt:
-        print("affjax: interrupted; finished batches are kept, rerun the same command to resume",
-              file=sys.stderr)
+        print(
+            "affjax: interrupted; finished batches are kept, rerun the same command to resume",
+            file=sys.stderr,
+        )
         return 130
     except Exception as err:  # noqa: BLE001 - user errors become one line, others re-raise
         if isinstance(err, _user_errors()):

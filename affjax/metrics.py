@@ -50,33 +50,41 @@ def cka(x: jax.Array, y: jax.Array) -> jax.Array:
     return hxy / jnp.sqrt(hxx * hyy)
 
 
-def _histogram_rows(x: jax.Array) -> jax.Array:
-    """Per-row ``torch.histc(row, bins=d, min=row.min(), max=row.max())``."""
-    n, d = x.shape
-    lo = jnp.min(x, axis=1, keepdims=True)
-    hi = jnp.max(x, axis=1, keepdims=True)
+def _histogram_rows(x: jax.Array, dim=None) -> jax.Array:
+    """Per-row ``torch.histc(row, bins=d, min=row.min(), max=row.max())``.
+
+    With ``dim`` (may be traced), only the first ``dim`` columns are data and
+    there are ``dim`` bins; the rest is padding.
+    """
+    n, d_arr = x.shape
+    d = d_arr if dim is None else dim
+    valid = jnp.arange(d_arr) < d
+    lo = jnp.min(jnp.where(valid, x, jnp.inf), axis=1, keepdims=True)
+    hi = jnp.max(jnp.where(valid, x, -jnp.inf), axis=1, keepdims=True)
     # torch.histc widens an empty range to [v - 1, v + 1].
     flat = lo == hi
     lo, hi = jnp.where(flat, lo - 1, lo), jnp.where(flat, hi + 1, hi)
     # Same arithmetic as torch's CPU kernel: (v - lo) * bins / (hi - lo), truncated,
     # the right edge falling into the last bin.
-    idx = ((x - lo) * d / (hi - lo)).astype(jnp.int32)
+    idx = ((x - lo) * jnp.asarray(d, x.dtype) / (hi - lo)).astype(jnp.int32)
     idx = jnp.clip(idx, 0, d - 1)
-    rows = jnp.broadcast_to(jnp.arange(n)[:, None], (n, d))
-    return jnp.zeros((n, d), x.dtype).at[rows, idx].add(1.0)
+    rows = jnp.broadcast_to(jnp.arange(n)[:, None], (n, d_arr))
+    weight = jnp.broadcast_to(valid, (n, d_arr)).astype(x.dtype)
+    return jnp.zeros((n, d_arr), x.dtype).at[rows, idx].add(weight)
 
 
-def entropy(x: jax.Array) -> jax.Array:
+def entropy(x: jax.Array, dim=None) -> jax.Array:
     r"""Mean over samples of the histogram entropy of each sample's ``d`` values.
 
     Each row is binned into ``d`` bins between its min and max;
-    :math:`H = -\sum_k p_k \log p_k + \log d`, averaged over rows.
+    :math:`H = -\sum_k p_k \log p_k + \log d`, averaged over rows. ``dim``:
+    true width of zero-padded rows (see :func:`affjax.score.affinity_score`).
     """
-    n, d = x.shape
-    counts = _histogram_rows(x)
+    d = x.shape[1] if dim is None else dim
+    counts = _histogram_rows(x, dim)
     p = counts / jnp.sum(counts, axis=1, keepdims=True)
     plogp = jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)
-    return jnp.mean(-jnp.sum(plogp, axis=1) + jnp.log(float(d)))
+    return jnp.mean(-jnp.sum(plogp, axis=1) + jnp.log(jnp.asarray(d, x.dtype)))
 
 
 def sparsity(x: jax.Array) -> jax.Array:
@@ -95,7 +103,7 @@ def norm_diff(x: jax.Array, y: jax.Array) -> jax.Array:
 R2_RCOND = 1e-6
 
 
-def r2(x: jax.Array, y: jax.Array, rcond: float = R2_RCOND) -> jax.Array:
+def r2(x: jax.Array, y: jax.Array, rcond: float = R2_RCOND, dim=None) -> jax.Array:
     r""":math:`R^2` of the least-squares fit of ``y`` on ``x`` with intercept.
 
     As ``LinearRegression().fit(x, y).score(x, y)``: the fit is the projection
@@ -103,7 +111,8 @@ def r2(x: jax.Array, y: jax.Array, rcond: float = R2_RCOND) -> jax.Array:
     least squares with singular values below ``rcond * s_max`` dropped, so
     ``d >= n`` fits exactly); :math:`R^2` is averaged
     uniformly over outputs, with scikit-learn's conventions for constant
-    outputs (1 if also perfectly predicted, else 0).
+    outputs (1 if also perfectly predicted, else 0). ``dim``: true width of
+    zero-padded ``x`` and ``y`` (padded outputs are left out of the average).
     """
     xc, yc = _centered(x), _centered(y)
     u, s, _ = jnp.linalg.svd(xc, full_matrices=False)
@@ -115,4 +124,7 @@ def r2(x: jax.Array, y: jax.Array, rcond: float = R2_RCOND) -> jax.Array:
     den = jnp.sum(yc**2, axis=0)
     score = jnp.where(den != 0, 1.0 - num / jnp.where(den != 0, den, 1.0), 0.0)
     score = jnp.where((den == 0) & (num == 0), 1.0, score)
-    return jnp.mean(score)
+    if dim is None:
+        return jnp.mean(score)
+    valid = jnp.arange(y.shape[1]) < dim
+    return jnp.sum(jnp.where(valid, score, 0.0)) / dim

@@ -12,8 +12,15 @@ import platform
 import tempfile
 from pathlib import Path
 
-__all__ = ["SCHEMA", "atomic_write", "provenance", "plot_signature", "read_json", "write_csv",
-           "write_json"]
+__all__ = [
+    "SCHEMA",
+    "atomic_write",
+    "provenance",
+    "plot_signature",
+    "read_json",
+    "write_csv",
+    "write_json",
+]
 
 #: Version of the JSON layout; bump on incompatible changes.
 SCHEMA = "affjax.signature/1"
@@ -101,8 +108,9 @@ def provenance() -> dict:
     return info
 
 
-def plot_signature(path, records: list[dict], metric: str = "aff_score",
-                   title: str | None = None) -> None:
+def plot_signature(
+    path, records: list[dict], metric: str = "aff_score", title: str | None = None
+) -> None:
     """Line plot of ``metric`` over the calls, one line per batch."""
     import matplotlib
 
@@ -114,8 +122,13 @@ def plot_signature(path, records: list[dict], metric: str = "aff_score",
         batches.setdefault(r.get("batch", 0), []).append(r)
     fig, ax = plt.subplots(figsize=(max(6, min(24, 0.15 * len(records) + 4)), 3.5))
     for b, recs in batches.items():
-        ax.plot(range(len(recs)), [r[metric] for r in recs], marker=".", lw=1,
-                label=f"batch {b}" if len(batches) > 1 else None)
+        ax.plot(
+            range(len(recs)),
+            [r[metric] for r in recs],
+            marker=".",
+            lw=1,
+            label=f"batch {b}" if len(batches) > 1 else None,
+        )
     ax.set_xlabel("activation call (execution order)")
     ax.set_ylabel(metric)
     ax.set_ylim(min(0.0, ax.get_ylim()[0]), 1.02)

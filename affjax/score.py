@@ -46,16 +46,25 @@ def _sorted_w2(t: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.mean((jnp.sort(t[:, 0]) - jnp.sort(y[:, 0])) ** 2)
 
 
-def _score(x, y, *, shrinkage: bool, solver: str, rtol: float) -> AffinityResult:
-    n, d = x.shape
+def _score(x, y, *, shrinkage: bool, solver: str, rtol: float, dim=None) -> AffinityResult:
+    """The score of ``[n, d]`` arrays.
+
+    ``dim`` (may be traced) is the true dimension when the last ``d - dim``
+    columns of both ``x`` and ``y`` are zero padding: such columns carry
+    exactly scalar covariance blocks, like the complement of the samples' span
+    below, so only the trace and the thresholds need the true dimension.
+    Padding lets calls of nearby widths share one compiled function.
+    """
+    n, d_arr = x.shape
+    d = d_arr if dim is None else dim
     finite = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(y))
     # Keep NaN/Inf out of eigh and the solver; the result is flagged and set to NaN.
     x = jnp.where(finite, x, 0.0)
     y = jnp.where(finite, y, 0.0)
     mx, my = jnp.mean(x, axis=0), jnp.mean(y, axis=0)
     xc, yc = x - mx, y - my
-    k = d
-    if d > 2 * n:
+    k = d_arr
+    if d_arr > 2 * n:
         # Centred samples span at most 2n dimensions. Outside that span both
         # covariances are scalar (ridge, or the Ledoit-Wolf floor), so the Bures map
         # is a scalar there and never touches the centred data: work in an
@@ -73,7 +82,7 @@ def _score(x, y, *, shrinkage: bool, solver: str, rtol: float) -> AffinityResult
     a = matrix_square_root.bures_map(sx, sy)
     a = jnp.where(degenerate, 0.0, a)
     tc = xc @ a  # mapped inputs, centred on my (the cost below then cancels less)
-    if d == 1:
+    if d_arr == 1:
         w2 = _sorted_w2(tc, yc)
         gap, converged = jnp.zeros_like(w2), jnp.asarray(True)
     else:

@@ -47,36 +47,57 @@ class SignatureError(ValueError):
     """A signature that cannot be computed as asked (bad input or bad layers)."""
 
 
-@functools.partial(jax.jit, static_argnames=("wanted", "solver", "rtol"))
-def _score_group(xs, ys, xs32, ys32, *, wanted: tuple[str, ...], solver: str, rtol: float):
-    """All requested metrics for a stack of calls ``[L, n, d]``, vmapped over L."""
+def _bucket(d: int) -> int:
+    """Width a call of width ``d`` is zero-padded to, so nearby widths share a compile.
 
-    def one(x, y, x32, y32):
+    Two buckets per octave above 64 (at most 50 % padding, usually far less);
+    widths of powers of two and multiples of 64 below 128 are kept as they are.
+    DenseNet-121's 31 distinct widths (64...1024 by 32) fall into 8 buckets.
+    """
+    if d <= 64:
+        return d if d in (1, 2, 4, 8, 16, 32) else -(-d // 16) * 16
+    step = max(64, 1 << (d.bit_length() - 2))
+    return -(-d // step) * step
+
+
+@functools.partial(jax.jit, static_argnames=("wanted", "solver", "rtol"))
+def _score_group(xs, ys, xs32, ys32, dims, *, wanted: tuple[str, ...], solver: str, rtol: float):
+    """All requested metrics for a stack of zero-padded calls ``[L, n, d]``, vmapped over L."""
+
+    def one(x, y, x32, y32, dim):
         out = {}
+        score = functools.partial(_score, solver=solver, rtol=rtol, dim=dim)
         if "aff_score" in wanted:
-            r = _score(x, y, shrinkage=False, solver=solver, rtol=rtol)
-            out.update(aff_score=r.score, w2=r.w2, gap=r.gap, degenerate=r.degenerate,
-                       finite=r.finite, converged=r.converged)
+            r = score(x, y, shrinkage=False)
+            out.update(
+                aff_score=r.score,
+                w2=r.w2,
+                gap=r.gap,
+                degenerate=r.degenerate,
+                finite=r.finite,
+                converged=r.converged,
+            )
         if "aff_score_corrected" in wanted:
-            r = _score(x, y, shrinkage=True, solver=solver, rtol=rtol)
-            out.update(aff_score_corrected=r.score, finite=r.finite,
-                       converged_corrected=r.converged)
+            r = score(x, y, shrinkage=True)
+            out.update(
+                aff_score_corrected=r.score, finite=r.finite, converged_corrected=r.converged
+            )
         if "cka_score" in wanted:
             out["cka_score"] = metrics_lib.cka(x, y)
         # The reference bins float32 features; same arithmetic, same bins.
         if "ent_before" in wanted:
-            out["ent_before"] = metrics_lib.entropy(x32)
+            out["ent_before"] = metrics_lib.entropy(x32, dim)
         if "ent_after" in wanted:
-            out["ent_after"] = metrics_lib.entropy(y32)
+            out["ent_after"] = metrics_lib.entropy(y32, dim)
         if "norm_diff" in wanted:
             out["norm_diff"] = metrics_lib.norm_diff(x, y)
         if "r2_score" in wanted:
-            out["r2_score"] = metrics_lib.r2(x, y)
+            out["r2_score"] = metrics_lib.r2(x, y, dim=dim)
         if "finite" not in out:
             out["finite"] = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(y))
         return out
 
-    return jax.vmap(one)(xs, ys, xs32, ys32)
+    return jax.vmap(one)(xs, ys, xs32, ys32, dims)
 
 
 def _status(rec: dict) -> str:
@@ -112,23 +133,39 @@ def score_calls(
 
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, c in enumerate(calls):
-        groups[features(c)[0].shape].append(i)
+        n, d = features(c)[0].shape
+        groups[(n, _bucket(d))].append(i)
 
     wanted = tuple(m for m in METRICS if m in metrics)
     results: list[dict] = [{} for _ in calls]
-    for (n, d), idx in groups.items():
+    # vmap pays on accelerators; on the CPU it only adds compiles (eigh and the
+    # host solver loop over the stack anyway), so score one call at a time there.
+    stack = 1 if jax.default_backend() == "cpu" else 16
+    for (n, width), idx in groups.items():
         if n < 2:
             raise SignatureError(f"need at least 2 images to score, got {n}")
-        per_call = max(n * n, n * d, d * d) * 8 * 4
-        step = max(1, _MAX_GROUP_BYTES // per_call)
+        per_call = max(n * n, n * width, width * width) * 8 * 4
+        step = max(1, min(stack, _MAX_GROUP_BYTES // per_call))
         for start in range(0, len(idx), step):
             chunk = idx[start : start + step]
-            x32 = np.stack([features(calls[i])[0] for i in chunk]).astype(np.float32)
-            y32 = np.stack([features(calls[i])[1] for i in chunk]).astype(np.float32)
+            padded = chunk + [chunk[0]] * (step - len(chunk))  # one shape per bucket
+            x32 = np.zeros((step, n, width), np.float32)
+            y32 = np.zeros((step, n, width), np.float32)
+            dims = np.zeros(step, np.int32)
+            for j, i in enumerate(padded):
+                fx, fy = features(calls[i])
+                x32[j, :, : fx.shape[1]], y32[j, :, : fy.shape[1]] = fx, fy
+                dims[j] = fx.shape[1]
             with precision_lib.scope(precision):
                 out = _score_group(
-                    jnp.asarray(x32, dtype), jnp.asarray(y32, dtype), jnp.asarray(x32),
-                    jnp.asarray(y32), wanted=wanted, solver=solver, rtol=rtol,
+                    jnp.asarray(x32, dtype),
+                    jnp.asarray(y32, dtype),
+                    jnp.asarray(x32),
+                    jnp.asarray(y32),
+                    jnp.asarray(dims),
+                    wanted=wanted,
+                    solver=solver,
+                    rtol=rtol,
                 )
                 out = jax.device_get(out)
             for j, i in enumerate(chunk):
@@ -137,8 +174,15 @@ def score_calls(
     records = []
     for order, (c, r) in enumerate(zip(calls, results, strict=True)):
         x, _ = features(c)
-        rec = {"index": order, "layer": c.key, "call": c.call, "kind": c.kind,
-               "functional": c.functional, "n": int(x.shape[0]), "d": int(x.shape[1])}
+        rec = {
+            "index": order,
+            "layer": c.key,
+            "call": c.call,
+            "kind": c.kind,
+            "functional": c.functional,
+            "n": int(x.shape[0]),
+            "d": int(x.shape[1]),
+        }
         for m in wanted:
             if m == "sparsity_before":
                 rec[m] = c.sparsity_x
@@ -193,8 +237,9 @@ class Signature:
         reports.write_json(path, self._records, self.meta)
 
     def plot(self, path, metric: str = "aff_score", title: str | None = None) -> None:
-        reports.plot_signature(path, self._records, metric=metric,
-                               title=title or self.meta.get("model"))
+        reports.plot_signature(
+            path, self._records, metric=metric, title=title or self.meta.get("model")
+        )
 
 
 def signature(
@@ -237,16 +282,24 @@ def signature(
         raise SignatureError(f"need at least 2 images to estimate covariances, got {n}")
     if images.ndim != 4 or images.shape[-1] != 3:
         raise SignatureError(f"images must be NHWC [n, H, W, 3], got shape {images.shape}")
-    calls = capture(module, variables, images, chunk_size=chunk_size,
-                    functional=functional, progress=progress)
+    calls = capture(
+        module, variables, images, chunk_size=chunk_size, functional=functional, progress=progress
+    )
     if not calls:
         raise SignatureError(
             "the model has no activation call sites the reference would see"
             + ("" if functional else "; pass functional=True to score F.relu-style calls")
         )
-    records = score_calls(calls, reduce=reduce, metrics=metrics, solver=solver,
-                          precision=precision, rtol=rtol)
-    meta = {"n": int(n), "reduce": reduce, "solver": assignment.resolve_solver(solver),
-            "precision": precision_lib.resolve(precision), "functional": functional,
-            "num_calls": len(records), "nan_policy": "failed calls are NaN with a status"}
+    records = score_calls(
+        calls, reduce=reduce, metrics=metrics, solver=solver, precision=precision, rtol=rtol
+    )
+    meta = {
+        "n": int(n),
+        "reduce": reduce,
+        "solver": assignment.resolve_solver(solver),
+        "precision": precision_lib.resolve(precision),
+        "functional": functional,
+        "num_calls": len(records),
+        "nan_policy": "failed calls are NaN with a status",
+    }
     return Signature(records, meta)

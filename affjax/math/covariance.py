@@ -58,7 +58,7 @@ def ledoit_wolf_shrinkage(x: jnp.ndarray, dim: int | None = None) -> jnp.ndarray
         does not depend on it there) or when the data are constant.
     """
     n, k = x.shape
-    d = dim or k
+    d = k if dim is None else dim
     xc = _centered(x)
     x2 = xc * xc
     emp_cov_trace = jnp.sum(x2, axis=0) / n
@@ -107,7 +107,7 @@ def ledoit_wolf_parts(
     the identity, which the score needs when working in a subspace.
     """
     n, k = x.shape
-    d = dim or k
+    d = k if dim is None else dim
     xc = _centered(x)
     emp = xc.T @ xc / n
     mu = jnp.trace(emp) / d

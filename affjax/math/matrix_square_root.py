@@ -43,7 +43,9 @@ def roots(a: jnp.ndarray) -> PsdRoots:
 
 
 def bures_map(cov_x: jnp.ndarray, cov_y: jnp.ndarray) -> jnp.ndarray:
-    r"""Linear part of the optimal-transport map from :math:`N(\cdot, \Sigma_x)` to :math:`N(\cdot, \Sigma_y)`.
+    r"""Linear part of the optimal-transport map between centred Gaussians.
+
+    The map sends :math:`N(0, \Sigma_x)` to :math:`N(0, \Sigma_y)`:
 
     .. math::
         A = \Sigma_y^{1/2}\,\big(\Sigma_y^{1/2} \Sigma_x \Sigma_y^{1/2}\big)^{-1/2}\,\Sigma_y^{1/2}

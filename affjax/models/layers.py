@@ -180,9 +180,7 @@ def max_pool(
     s = _pair(stride if stride is not None else kernel_size)
     p = _pair(padding)
     pads = [_pool_padding(x.shape[1 + i], k[i], s[i], p[i], ceil_mode) for i in range(2)]
-    return lax.reduce_window(
-        x, -jnp.inf, lax.max, (1, *k, 1), (1, *s, 1), ((0, 0), *pads, (0, 0))
-    )
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, *k, 1), (1, *s, 1), ((0, 0), *pads, (0, 0)))
 
 
 def avg_pool(

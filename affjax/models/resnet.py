@@ -90,7 +90,8 @@ class ResNet(nn.Module):
                 x = self.block(
                     planes,
                     stride=stride,
-                    downsample=j == 0 and (stride != 1 or inplanes != planes * self.block.expansion),
+                    downsample=j == 0
+                    and (stride != 1 or inplanes != planes * self.block.expansion),
                     groups=self.groups,
                     base_width=self.width_per_group,
                     name=f"layer{i + 1}_{j}",

@@ -112,7 +112,9 @@ def _tree_sum(x: jax.Array) -> tuple[jax.Array, int]:
     return x[..., 0], depth
 
 
-def _top2_rows(r: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _top2_rows(
+    r: jax.Array, base: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
     """Smallest value, its column and second-smallest value of every row.
 
     One variadic reduction (one pass over ``r``).  Ties for the minimum are
@@ -124,10 +126,13 @@ def _top2_rows(r: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
 
     Args:
         r: ``[n, n]`` reduced costs.
+        base: optional second ``[n, n]`` matrix whose row minima are computed
+            in the same pass.
 
     Returns:
-        ``([n] w1, [n] int32 j1, [n] w2)`` with ``w1 <= w2``; ``w2 = w1`` when the
-        minimum is attained twice, ``inf`` when ``n == 1``.
+        ``([n] w1, [n] int32 j1, [n] w2, [n] base_min or None)`` with
+        ``w1 <= w2``; ``w2 = w1`` when the minimum is attained twice, ``inf``
+        when ``n == 1``.
     """
     n = r.shape[-1]
     row = lax.broadcasted_iota(jnp.int32, r.shape, 0)
@@ -136,23 +141,23 @@ def _top2_rows(r: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     key = jnp.where(key < 0, key + n, key)
 
     def combine(a, b):
-        a1, ak, a2 = a
-        b1, bk, b2 = b
+        a1, ak, a2 = a[:3]
+        b1, bk, b2 = b[:3]
         a_first = (a1 < b1) | ((a1 == b1) & (ak < bk))
         # Second smallest of {a1 <= a2} U {b1 <= b2}.
         second = jnp.minimum(jnp.maximum(a1, b1), jnp.minimum(a2, b2))
-        return jnp.where(a_first, a1, b1), jnp.where(a_first, ak, bk), second
+        out = (jnp.where(a_first, a1, b1), jnp.where(a_first, ak, bk), second)
+        return out + tuple(jnp.minimum(x, y) for x, y in zip(a[3:], b[3:], strict=True))
 
     inf = jnp.asarray(jnp.inf, r.dtype)
-    w1, k1, w2 = lax.reduce(
-        (r, key, jnp.full_like(r, jnp.inf)),
-        (inf, jnp.int32(n), inf),
-        combine,
-        (1,),
-    )
+    operands = (r, key, jnp.full_like(r, jnp.inf))
+    inits = (inf, jnp.int32(n), inf)
+    if base is not None:
+        operands, inits = operands + (base,), inits + (inf,)
+    w1, k1, w2, *rest = lax.reduce(operands, inits, combine, (1,))
     j1 = k1 + jnp.arange(n, dtype=jnp.int32)
     j1 = jnp.where(j1 >= n, j1 - n, j1)
-    return w1, j1, w2
+    return w1, j1, w2, (rest[0] if rest else None)
 
 
 def _certificate(
@@ -208,12 +213,35 @@ def _complete(obj: jax.Array) -> jax.Array:
     return jnp.where(free_row, slots[jnp.clip(row_rank, 0, n - 1)], obj)
 
 
+# Rounds without a new assignment before a global price update is triggered.
+_STALL_ROUNDS = 20
+# A global price update gives up (prices unchanged) after this many sweeps.
+_MAX_SWEEPS = 64
+# Sweeps stop once no potential moved by more than this fraction of eps.
+_SWEEP_TOL = 1.0 / 64.0
+_GU_FROM_BEST = True
+_GU_PERIODIC = False
+_GU_LAMBDA = 0.0
+# Rounds per while_loop trip; the loop predicate costs a device->host sync.
+_UNROLL = 4
+
+
 class _State(NamedTuple):
     prices: jax.Array  # [n] column prices
     obj: jax.Array  # [n] int32 column of each row, n = unassigned
+    own: jax.Array  # [n] int32 row owning each column, n = free
     eps: jax.Array  # [] current slackness
-    it: jax.Array  # [] int32 rounds so far
+    sweep: jax.Array  # [] bool: a global price update is running
+    pot: jax.Array  # [n] its column potentials (0 on free columns)
+    sweeps: jax.Array  # [] int32 sweeps of the running update
+    best_count: jax.Array  # [] int32 most rows assigned so far this phase
+    stall: jax.Array  # [] int32 rounds since best_count last grew
+    it: jax.Array  # [] int32 rounds so far (bidding rounds + sweeps)
     done: jax.Array  # [] bool stopping rule met
+
+
+def _select(pred: jax.Array, a: _State, b: _State) -> _State:
+    return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
 
 
 @functools.partial(jax.jit, static_argnames=("rtol", "max_iterations", "scaling"))
@@ -234,7 +262,8 @@ def auction(
             which point ``gap <= n * eps`` holds anyway.  ``eps`` never goes
             below a small multiple of the price resolution, so a zero optimum
             ends at that floor instead of looping.
-        max_iterations: cap on bidding rounds over all phases.
+        max_iterations: cap on rounds (bidding rounds plus global price-update
+            sweeps) over all phases.
         scaling: factor by which ``eps`` shrinks between phases (> 1).
 
     Returns:
@@ -258,11 +287,15 @@ def auction(
         # No second choice to bid against; the only permutation is optimal.
         value = c[0, 0]
         return AuctionResult(
-            jnp.zeros(1, jnp.int32), value, value, jnp.zeros((), dtype), jnp.int32(0),
+            jnp.zeros(1, jnp.int32),
+            value,
+            value,
+            jnp.zeros((), dtype),
+            jnp.int32(0),
             jnp.bool_(True),
         )
 
-    rows = jnp.arange(n, dtype=jnp.int32)
+    idx = jnp.arange(n, dtype=jnp.int32)
     inf = jnp.asarray(jnp.inf, dtype)
     finfo = jnp.finfo(dtype)
 
@@ -270,9 +303,10 @@ def auction(
     # zero in each column; handing column j to its argmin row (one column per
     # row) is an exactly complementary (eps = 0) partial assignment.  The
     # rotated tie-break spreads tied columns over different rows.
-    col_min, col_arg, _ = _top2_rows(c.T)
+    col_min, col_arg, _, _ = _top2_rows(c.T)
     prices0 = -col_min
-    obj0 = jnp.full(n, n, jnp.int32).at[col_arg].min(rows)
+    obj0 = jnp.full(n, n, jnp.int32).at[col_arg].min(idx)
+    own0 = jnp.full(n, n, jnp.int32).at[obj0].set(idx, mode="drop")
 
     # eps must stay resolvable against the prices (|p| <~ max|c| + range),
     # otherwise price increments round away.
@@ -281,16 +315,52 @@ def auction(
     eps_floor = jnp.where(scale > 0, 64 * finfo.eps * scale, 1.0).astype(dtype)
     eps0 = jnp.maximum((c_max - c_min) / scaling, eps_floor)
 
-    def body(s: _State) -> _State:
-        prices, obj, eps = s.prices, s.obj, s.eps
-        w1, j1, w2 = _top2_rows(c + prices[None, :])
+    def start_sweep(s: _State) -> _State:
+        # Potentials start at +inf on owned columns and relax downwards.
+        pot = jnp.where(s.own < n, inf, 0).astype(dtype)
+        return s._replace(sweep=jnp.bool_(True), pot=pot, sweeps=jnp.int32(0))
 
+    def sweep_step(s: _State, w1: jax.Array, base: jax.Array) -> _State:
+        """One Bellman-Ford sweep of the global price update.
+
+        ``pot_j`` converges to the length of the shortest path from owned
+        column ``j`` to a free column, where the edge ``j -> l`` (the owner ``k``
+        of ``j`` moves to ``l``) costs ``r_kl - r_kj + eps >= 0`` (eps-CS).  At
+        the fixed point ``p + pot`` keeps eps-CS for every assigned row while
+        raising owned columns just enough that displaced rows run straight to
+        a free column instead of wandering (Goldberg-Kennedy global update).
+        ``w1`` holds ``min_l (c_kl + p_l + pot_l)`` for every row ``k``.
+        """
+        owned = s.own < n
+        own_c = jnp.minimum(s.own, n - 1)
+        if _GU_FROM_BEST:
+            ref = base[own_c] - _GU_LAMBDA * s.eps
+        else:
+            ref = c[own_c, idx] + s.prices - s.eps
+        relaxed = jnp.minimum(s.pot, jnp.maximum(w1[own_c] - ref, 0))
+        pot = jnp.where(owned, relaxed, 0).astype(dtype)
+        settled = jnp.all(s.pot - pot <= _SWEEP_TOL * s.eps)
+        sweeps = s.sweeps + 1
+        finished = settled | (sweeps >= _MAX_SWEEPS)
+        # Unsettled potentials are not a valid update: drop them.
+        prices = jnp.where(settled, s.prices + pot, s.prices)
+        return s._replace(
+            prices=prices,
+            pot=pot,
+            sweeps=sweeps,
+            sweep=~finished,
+            best_count=jnp.sum(s.obj < n, dtype=jnp.int32),
+            stall=jnp.int32(0),
+        )
+
+    def auction_step(s: _State, w1, j1, w2) -> _State:
+        prices, obj, own, eps = s.prices, s.obj, s.own, s.eps
         # Phase end: everyone is assigned.  Check the certificate, then either
         # stop or shrink eps and release the rows violating the new slackness.
         assigned = obj < n
         all_assigned = jnp.all(assigned)
         obj_c = jnp.minimum(obj, n - 1)
-        c_obj = c[rows, obj_c]
+        c_obj = c[idx, obj_c]
         primal, dual = _certificate(c_obj, w1, prices)
         tol = rtol * jnp.maximum(jnp.maximum(dual, -primal), 0)
         eps_stop = jnp.maximum(rtol * jnp.abs(primal) / n, eps_floor)
@@ -299,32 +369,84 @@ def auction(
         eps = jnp.where(new_phase, jnp.maximum(eps / scaling, eps_stop), eps)
         slack = (c_obj + prices[obj_c]) - w1
         keep = assigned & (~new_phase | (slack <= eps))
+        released = jnp.any(assigned & ~keep)
         obj = jnp.where(keep, obj, n)
+        own_c = jnp.minimum(own, n - 1)
+        own = jnp.where((own < n) & keep[own_c], own, n)
 
         # Jacobi round: every unassigned row bids p_j1 + (w2 - w1) + eps for
-        # its cheapest column.  nextafter guards strict price growth even if
-        # eps were below the price resolution (no endless bid ping-pong).
-        bidding = ~keep
+        # its cheapest column; the highest bid wins, ties to the lowest row.
+        # nextafter keeps prices strictly increasing even if eps were below
+        # their resolution (no endless bid ping-pong).  A round that releases
+        # rows skips bidding: a global price update runs first.
+        bidding = ~keep & ~released
         p_j1 = prices[j1]
         bid = jnp.maximum(p_j1 + ((w2 - w1) + eps), jnp.nextafter(p_j1, inf))
-        bid = jnp.where(bidding, bid, -inf)
-        best = jnp.full(n, -inf, dtype).at[j1].max(bid)
+        target = jnp.where(bidding, j1, n)
+        best = jnp.full(n, -inf, dtype).at[target].max(bid, mode="drop")
         candidate = bidding & (bid == best[j1])
-        winner = jnp.full(n, n, jnp.int32).at[j1].min(jnp.where(candidate, rows, n))
+        winner = jnp.full(n, n, jnp.int32).at[jnp.where(candidate, j1, n)].min(idx, mode="drop")
         has_bid = winner < n
-        win = bidding & (winner[j1] == rows)
+        win = bidding & (winner[j1] == idx)
         lost = keep & has_bid[obj_c]
         obj = jnp.where(win, j1, jnp.where(lost, n, obj))
+        own = jnp.where(has_bid, winner, own)
         prices = jnp.where(has_bid, best, prices)
-        return _State(prices, obj, eps, s.it + 1, finish)
+
+        # Stall detection: the Jacobi tail has a few displaced rows wandering
+        # through long chains; a global price update points them at free
+        # columns.
+        count = jnp.sum(obj < n, dtype=jnp.int32)
+        grew = (count > s.best_count) | released
+        stall = jnp.where(grew & (not _GU_PERIODIC), 0, s.stall + 1)
+        out = s._replace(
+            prices=prices,
+            obj=obj,
+            own=own,
+            eps=eps,
+            best_count=jnp.where(grew, count, s.best_count),
+            stall=stall,
+            done=finish,
+        )
+        trigger = released | ((stall >= _STALL_ROUNDS) & (count < n))
+        return _select(trigger, start_sweep(out), out)
+
+    def step(s: _State) -> _State:
+        active = ~s.done & (s.it < max_iterations)
+        # One fused [n, n] pass serves both modes: during a sweep the row
+        # minima of c + p + pot relax the potentials, otherwise the top-2 of
+        # c + p drive the bids and the certificate.
+        shift = jnp.where(s.sweep, s.pot, 0).astype(dtype)
+        reduced = c + s.prices[None, :]
+        w1, j1, w2, base = _top2_rows(reduced + shift[None, :], reduced)
+        nxt = _select(s.sweep, sweep_step(s, w1, base), auction_step(s, w1, j1, w2))
+        nxt = nxt._replace(it=s.it + 1)
+        return _select(active, nxt, s)
+
+    def body(s: _State) -> _State:
+        for _ in range(_UNROLL):
+            s = step(s)
+        return s
 
     def cond(s: _State) -> jax.Array:
         return ~s.done & (s.it < max_iterations)
 
-    init = _State(prices0, obj0, eps0, jnp.int32(0), jnp.bool_(False))
+    init = _State(
+        prices=prices0,
+        obj=obj0,
+        own=own0,
+        eps=eps0,
+        sweep=jnp.bool_(False),
+        pot=jnp.zeros(n, dtype),
+        sweeps=jnp.int32(0),
+        best_count=jnp.sum(obj0 < n, dtype=jnp.int32),
+        stall=jnp.int32(0),
+        it=jnp.int32(0),
+        done=jnp.bool_(False),
+    )
     final = lax.while_loop(cond, body, init)
 
     perm = _complete(final.obj)
-    w1, _, _ = _top2_rows(c + final.prices[None, :])
-    primal, dual = _certificate(c[rows, perm], w1, final.prices)
+    w1, _, _, _ = _top2_rows(c + final.prices[None, :])
+    primal, dual = _certificate(c[idx, perm], w1, final.prices)
     return AuctionResult(perm, primal, dual, primal - dual, final.it, final.done)
