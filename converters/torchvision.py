@@ -111,16 +111,22 @@ def _merge(template: dict, state: dict[str, np.ndarray]) -> dict:
         used.add(key)
         value = _to_flax(state[key], path[-1])
         if tuple(value.shape) != tuple(spec.shape):
-            misshaped.append(f"{key}: torch {tuple(state[key].shape)} -> {value.shape}, "
-                             f"Flax expects {tuple(spec.shape)}")
+            misshaped.append(
+                f"{key}: torch {tuple(state[key].shape)} -> {value.shape}, "
+                f"Flax expects {tuple(spec.shape)}"
+            )
         leaves.append(jnp.asarray(value, spec.dtype))
-    unexpected = sorted(
-        k for k in state if k not in used and not k.endswith(_IGNORED_SUFFIXES)
-    )
+    unexpected = sorted(k for k in state if k not in used and not k.endswith(_IGNORED_SUFFIXES))
     if missing or unexpected or misshaped:
-        parts = [f"{title} ({len(keys)}): {', '.join(keys[:20])}{' ...' if len(keys) > 20 else ''}"
-                 for title, keys in (("missing", missing), ("unexpected", unexpected),
-                                     ("mis-shaped", misshaped)) if keys]
+        parts = [
+            f"{title} ({len(keys)}): {', '.join(keys[:20])}{' ...' if len(keys) > 20 else ''}"
+            for title, keys in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("mis-shaped", misshaped),
+            )
+            if keys
+        ]
         raise ConversionError("state_dict does not match the Flax module; " + "; ".join(parts))
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
@@ -148,9 +154,7 @@ def _candidates(torch_model: torch.nn.Module, name: str | None) -> list[str]:
     return models.list_models(family)
 
 
-def convert(
-    torch_model: torch.nn.Module, name: str | None = None
-) -> tuple[nn.Module, dict]:
+def convert(torch_model: torch.nn.Module, name: str | None = None) -> tuple[nn.Module, dict]:
     """Flax module and variables equivalent to a torchvision model instance.
 
     Args:
@@ -213,8 +217,9 @@ def _weights_enum(name: str, weights: str):
         return enum[weights] if weights != "DEFAULT" else enum.DEFAULT
     except KeyError:
         options = ", ".join(["DEFAULT", *enum.__members__, "random", "<path to state_dict>"])
-        raise WeightsError(f"unknown weights {weights!r} for {name}; choose one of {options}") \
-            from None
+        raise WeightsError(
+            f"unknown weights {weights!r} for {name}; choose one of {options}"
+        ) from None
 
 
 def load(name: str, weights: str = "DEFAULT", *, seed: int = 0) -> Loaded:
@@ -264,6 +269,8 @@ def load(name: str, weights: str = "DEFAULT", *, seed: int = 0) -> Loaded:
             ) from err
     torch_model.eval()
     module, variables = convert(torch_model, name)
-    info = {"weights": weights if weights_enum is None else weights_enum.name,
-            **model_info(torch_model, weights_enum)}
+    info = {
+        "weights": weights if weights_enum is None else weights_enum.name,
+        **model_info(torch_model, weights_enum),
+    }
     return Loaded(name, module, variables, torch_model, weights_enum, info)

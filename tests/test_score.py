@@ -54,15 +54,24 @@ def test_published_notebook_figures():
 
 
 _PARITY_CASES = [
-    (50, 1, "relu"), (50, 20, "tanh"), (64, 200, "relu"), (256, 64, "gelu"),
-    (512, 512, "relu"), (1024, 16, "sigmoid"), (300, 1024, "tanh"),
+    (50, 1, "relu"),
+    (50, 20, "tanh"),
+    (64, 200, "relu"),
+    (256, 64, "gelu"),
+    (512, 512, "relu"),
+    (1024, 16, "sigmoid"),
+    (300, 1024, "tanh"),
 ]
 
 
 def _activation(name, x):
     t = torch.from_numpy(x)
-    fn = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
-          "gelu": torch.nn.functional.gelu}[name]
+    fn = {
+        "relu": torch.relu,
+        "tanh": torch.tanh,
+        "sigmoid": torch.sigmoid,
+        "gelu": torch.nn.functional.gelu,
+    }[name]
     return fn(t).numpy()
 
 
