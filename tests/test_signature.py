@@ -1,0 +1,122 @@
+"""Signatures of converted models against the PyTorch reference, call by call."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+import torch
+from parity_helpers import nhwc_images, seeded_model
+
+from affjax import METRICS, SignatureError, signature
+from converters.reference import reference_signature
+from converters.torchvision import convert
+
+TOL = 1e-3  # per call, every metric (norm_diff relative)
+
+
+def _compare(name: str, n: int, size: int, reduce: str = "reference"):
+    model = seeded_model(name)
+    module, variables = convert(model, name)
+    x = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(5))
+    ref = reference_signature(model, x, dtype=torch.float64)
+    with jax.default_matmul_precision("highest"):
+        sig = signature(module, variables, nhwc_images(x), reduce=reduce, chunk_size=64)
+    records = sig.records()
+    got = {(r["layer"], r["call"]): r for r in records}
+    want = {
+        (k, i): {m: v[m][i] for m in METRICS}
+        for k, v in ref.items()
+        for i in range(len(v["aff_score"]))
+    }
+    assert sorted(got) == sorted(want)
+    worst = {}
+    for site, w in want.items():
+        for m in METRICS:
+            g = got[site][m]
+            err = abs(g - w[m]) / (max(abs(w[m]), 1.0) if m == "norm_diff" else 1.0)
+            worst[m] = max(worst.get(m, 0.0), err)
+            assert err <= TOL, f"{name} {site} {m}: affjax {g} vs reference {w[m]}"
+    assert all(r["status"] == "ok" for r in records)
+    return records, worst
+
+
+def test_resnet18_signature_matches_reference():
+    records, _ = _compare("resnet18", n=128, size=64)
+    layers = [r["layer"] for r in records]
+    # execution order, repeated block relu calls interleaved, reference key names
+    assert layers[:5] == [
+        "relu_ReLU",
+        "layer1.0.relu_ReLU",
+        "layer1.0.relu_ReLU",
+        "layer1.1.relu_ReLU",
+        "layer1.1.relu_ReLU",
+    ]
+    assert [r["call"] for r in records[:5]] == [0, 0, 1, 0, 1]
+    assert len(records) == 17
+
+
+def test_alexnet_signature_matches_reference():
+    records, _ = _compare("alexnet", n=128, size=64)
+    assert [r["layer"] for r in records] == [
+        "features.1_ReLU",
+        "features.4_ReLU",
+        "features.7_ReLU",
+        "features.9_ReLU",
+        "features.11_ReLU",
+        "classifier.2_ReLU",
+        "classifier.5_ReLU",
+    ]
+
+
+def test_densenet121_signature_matches_reference():
+    records, _ = _compare("densenet121", n=128, size=32)
+    assert len(records) == 1 + 2 * (6 + 12 + 24 + 16) + 3
+
+
+def test_chunked_forward_equals_whole_batch():
+    model = seeded_model("resnet18")
+    module, variables = convert(model, "resnet18")
+    x = nhwc_images(torch.randn(12, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
+    a = signature(module, variables, x, metrics=("aff_score", "sparsity_after")).records()
+    b = signature(
+        module, variables, x, chunk_size=5, metrics=("aff_score", "sparsity_after")
+    ).records()
+    for ra, rb in zip(a, b, strict=True):
+        assert ra["layer"] == rb["layer"]
+        assert ra["aff_score"] == pytest.approx(rb["aff_score"], abs=1e-6)
+        assert ra["sparsity_after"] == pytest.approx(rb["sparsity_after"], abs=1e-7)
+
+
+def test_outputs_and_nan_policy(tmp_path):
+    model = seeded_model("resnet18")
+    module, variables = convert(model, "resnet18")
+    x = np.asarray(nhwc_images(torch.randn(8, 3, 32, 32)))
+    sig = signature(module, variables, x, metrics=("aff_score",))
+    sig.to_csv(tmp_path / "s.csv")
+    sig.to_json(tmp_path / "s.json")
+    sig.plot(tmp_path / "s.png")
+    payload = json.loads((tmp_path / "s.json").read_text())
+    assert payload["schema"] == "affjax.signature/1"
+    assert len(payload["records"]) == 17
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "s.csv").read_text().splitlines()[0].startswith("index,layer,call")
+    bad = x.copy()
+    bad[0, 0, 0, 0] = np.nan
+    sig = signature(module, variables, bad, metrics=("aff_score",))
+    failed = sig.failures()
+    assert failed and all(np.isnan(r["aff_score"]) for r in failed)
+    assert {r["status"] for r in failed} == {"nonfinite"}
+    with pytest.raises(SignatureError, match="could not be scored"):
+        sig.check()
+
+
+def test_bad_signature_input():
+    model = seeded_model("resnet18")
+    module, variables = convert(model, "resnet18")
+    with pytest.raises(SignatureError, match="at least 2"):
+        signature(module, variables, np.zeros((1, 32, 32, 3), np.float32))
+    with pytest.raises(SignatureError, match="NHWC"):
+        signature(module, variables, np.zeros((4, 3, 32, 32), np.float32))
+    with pytest.raises(SignatureError, match="unknown metrics"):
+        signature(module, variables, np.zeros((4, 32, 32, 3), np.float32), metrics=("acc",))
