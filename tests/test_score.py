@@ -174,3 +174,16 @@ def test_constant_output_is_flagged_degenerate():
     assert bool(r.degenerate)
     assert float(r.score) == 1.0
     assert rho_aff(x, np.full_like(x, 0.5), dtype=torch.float64) == 1.0
+
+
+@pytest.mark.parametrize("n,d", [(120, 4), (200, 64)])
+def test_auction_backend_certifies_the_host_optimum(n, d):
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=(n, d))
+    y = np.maximum(x, 0) + 0.1 * np.tanh(x)
+    a = affinity_score(x, y, solver="auction")
+    h = affinity_score(x, y, solver="host")
+    assert bool(a.converged)
+    assert float(a.gap) <= 1e-6 * float(h.w2)  # certified within 1e-6 relative
+    assert float(h.w2) - 1e-12 <= float(a.w2) <= float(h.w2) + float(a.gap) + 1e-12
+    assert float(a.score) == pytest.approx(float(h.score), abs=1e-6)

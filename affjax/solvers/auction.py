@@ -19,24 +19,38 @@ Algorithm (Bertsekas' auction, minimisation form):
   ``c_ij + p_j <= min_k (c_ik + p_k) + eps``, which bounds the duality gap of a
   complete assignment by ``n * eps``.  ``eps`` is divided by ``scaling`` after
   each phase, prices are carried over and assignments that still satisfy the
-  tighter slackness are kept, so later phases only repair a few rows.
+  tighter slackness are kept, so later phases only repair part of the rows.
 * The first phase is warm-started from the column reduction of the
   Jonker-Volgenant / Hungarian method: ``p_j = -min_i c_ij`` and every column
   handed to its cheapest row (one column per row), an exact (0-)complementary
   partial assignment.
+* Global price updates (as in Goldberg & Kennedy's cost-scaling assignment
+  code): a plain Jacobi auction spends most of its rounds on a few displaced
+  rows wandering through long chains of displacements before one of them
+  reaches a free column.  At the start of every phase and whenever no new row
+  got assigned for a while, a Bellman-Ford pass computes, for every owned
+  column, the cheapest chain of displacements to a free column and raises its
+  price by that amount.  This keeps every row's slackness as it was (up to
+  ``eps / 64``, so eps-complementary slackness survives) while pointing
+  displaced rows straight at free columns; on random instances with
+  ``n = 512 .. 1024`` it cuts the rounds about 1.5-2.5x.  An update that has
+  not converged after ``_MAX_SWEEPS`` sweeps is applied truncated (potentials
+  clipped where they stopped moving), which is equally valid.
 
-Each round costs one fused ``[n, n]`` pass (the two smallest reduced costs and
-the argmin of every row, computed by a single variadic reduction) plus a few
-``O(n)`` scatters, and the whole solve is one ``lax.while_loop``, so it runs
-under ``jax.jit`` and ``jax.vmap`` on any backend.
+Each round (a bidding round or a Bellman-Ford sweep) costs one fused ``[n, n]``
+pass (the two smallest reduced costs and the argmin of every row, by a single
+variadic reduction) plus a few ``O(n)`` gathers and scatters.  The whole solve
+is one ``lax.while_loop`` (a few rounds unrolled per trip, since each trip costs
+a device-to-host sync for the predicate), so it runs under ``jax.jit`` and
+``jax.vmap`` on any backend.
 
 Certificate: with ``v_j = -p_j`` and ``u_i = min_j (c_ij + p_j)`` we have
 ``u_i + v_j <= c_ij`` for every ``(i, j)`` by construction, for *any* prices,
 so ``dual = sum_i u_i + sum_j v_j`` is a lower bound on the optimum.  It is
 evaluated in the price dtype (float64 when x64 is enabled) with fixed-order
-pairwise sums, and lowered by a rigorous bound on the floating-point rounding
-of these sums (and of the primal sum), so ``|primal - optimum| <= gap`` holds
-for the floating-point results, not just in exact arithmetic.
+pairwise sums and lowered by a bound on the floating-point rounding of these
+sums (and of the primal sum), so ``|primal - optimum| <= gap`` holds for the
+floating-point results, not just in exact arithmetic.
 """
 
 from __future__ import annotations
@@ -51,6 +65,19 @@ from jax import lax
 
 __all__ = ["AuctionResult", "auction"]
 
+# Bidding rounds without a new assignment before a global price update runs.
+_STALL_ROUNDS = 20
+# A global price update stops after this many sweeps (truncated, still valid).
+_MAX_SWEEPS = 32
+# Sweeps stop once no potential moved by more than this fraction of eps.
+_SWEEP_TOL = 1.0 / 64.0
+# Rounds per while_loop trip on accelerators: the loop predicate costs a
+# device->host sync (~20 us on a GPU), more than a round's own kernels at
+# moderate n.  Unrolled rounds are masked once the solve is done, so results do
+# not depend on it; CPU keeps 1 (no sync to hide, and XLA:CPU compiles the
+# unrolled body slowly).
+_UNROLL_ACCELERATOR = 4
+
 
 class AuctionResult(NamedTuple):
     """Result of :func:`auction`.
@@ -64,7 +91,8 @@ class AuctionResult(NamedTuple):
             optimum (already lowered by the floating-point rounding bound).
         gap: ``[]`` ``primal - dual >= 0``; the optimum is within ``gap`` of
             ``primal``.
-        iterations: ``[]`` int32, bidding rounds over all epsilon phases.
+        iterations: ``[]`` int32, rounds over all epsilon phases (bidding rounds
+            plus the Bellman-Ford sweeps of the global price updates).
         converged: ``[]`` bool, the stopping rule was met (every row assigned and
             ``gap <= rtol * |optimum|`` or the final epsilon phase completed)
             before ``max_iterations`` rounds.  When False, ``perm`` is completed
@@ -91,9 +119,9 @@ def _price_dtype(cost_dtype) -> np.dtype:
 def _tree_sum(x: jax.Array) -> tuple[jax.Array, int]:
     """Pairwise sum over the last axis in a fixed order.
 
-    A fixed association order makes the result bitwise identical under
-    ``jit``/``vmap``/any backend (the termination test depends on it) and gives
-    the rounding bound ``|error| <= depth * u * sum|x|`` used by the certificate.
+    A fixed association order gives the rounding bound
+    ``|error| <= depth * u * sum|x|`` (``u`` the unit roundoff) used by the
+    certificate, whatever order XLA would pick for ``jnp.sum``.
 
     Args:
         x: ``[..., m]`` values.
@@ -153,11 +181,33 @@ def _top2_rows(
     operands = (r, key, jnp.full_like(r, jnp.inf))
     inits = (inf, jnp.int32(n), inf)
     if base is not None:
-        operands, inits = operands + (base,), inits + (inf,)
+        operands, inits = (*operands, base), (*inits, inf)
     w1, k1, w2, *rest = lax.reduce(operands, inits, combine, (1,))
     j1 = k1 + jnp.arange(n, dtype=jnp.int32)
     j1 = jnp.where(j1 >= n, j1 - n, j1)
     return w1, j1, w2, (rest[0] if rest else None)
+
+
+def _rounding_allowance(n: int, dtype, magnitude: jax.Array) -> jax.Array:
+    """Bound on the rounding error of the certificate's sums.
+
+    ``w1`` holds the *rounded* ``u_i`` (rounding is monotone, so
+    ``min_j fl(c_ij + p_j) = fl(u_i)``, off by at most ``u |u_i|``, ``u`` the
+    unit roundoff), and the sums of ``u``, ``p`` and the primal terms add
+    pairwise-summation errors ``<= depth * u * sum|.|`` each.
+    ``(depth + 2) * 2u * magnitude`` is about twice that first-order bound,
+    which also absorbs the final subtractions.
+
+    Args:
+        n: number of terms per sum.
+        dtype: price dtype.
+        magnitude: ``[]`` ``sum_i |u_i| + sum_j |p_j| + sum_i |c_i,perm(i)|``.
+
+    Returns:
+        ``[]`` amount to subtract from the computed dual.
+    """
+    depth = max(n - 1, 0).bit_length()
+    return (depth + 2) * jnp.finfo(dtype).eps * magnitude
 
 
 def _certificate(
@@ -166,14 +216,9 @@ def _certificate(
     """Primal value and rounding-safe dual value.
 
     The dual ``sum_i u_i - sum_j p_j`` with ``u_i = min_j (c_ij + p_j)`` is
-    feasible in exact arithmetic for any prices.  ``w1`` holds the *rounded*
-    ``u_i`` (rounding is monotone, so ``min_j fl(c_ij + p_j) = fl(u_i)``, off by
-    at most ``u |u_i|``, ``u`` the unit roundoff), and the two sums plus the
-    primal sum add pairwise-summation errors ``<= depth * u * sum|.|`` each.
-    Subtracting ``(depth + 2) * 2u * (sum|u| + sum|p| + sum|c_assigned|)``
-    (about twice the first-order bound, which also absorbs the final
-    subtractions) makes ``optimum >= dual`` and ``|primal - optimum| <= gap``
-    hold for the computed floating-point numbers.
+    feasible in exact arithmetic for any prices; subtracting
+    :func:`_rounding_allowance` makes ``optimum >= dual`` and
+    ``|primal - optimum| <= gap`` hold for the computed floating-point numbers.
 
     Args:
         c_assigned: ``[n]`` ``cost[i, perm[i]]`` in the price dtype.
@@ -183,12 +228,11 @@ def _certificate(
     Returns:
         ``(primal, dual)`` scalars.
     """
-    primal, depth = _tree_sum(c_assigned)
+    primal, _ = _tree_sum(c_assigned)
     sum_u, _ = _tree_sum(w1)
     sum_p, _ = _tree_sum(prices)
     magnitude, _ = _tree_sum(jnp.abs(w1) + jnp.abs(prices) + jnp.abs(c_assigned))
-    ulp = jnp.finfo(prices.dtype).eps
-    allowance = (depth + 2) * ulp * magnitude
+    allowance = _rounding_allowance(prices.shape[-1], prices.dtype, magnitude)
     return primal, (sum_u - sum_p) - allowance
 
 
@@ -213,29 +257,16 @@ def _complete(obj: jax.Array) -> jax.Array:
     return jnp.where(free_row, slots[jnp.clip(row_rank, 0, n - 1)], obj)
 
 
-# Rounds without a new assignment before a global price update is triggered.
-_STALL_ROUNDS = 20
-# A global price update gives up (prices unchanged) after this many sweeps.
-_MAX_SWEEPS = 64
-# Sweeps stop once no potential moved by more than this fraction of eps.
-_SWEEP_TOL = 1.0 / 64.0
-_GU_FROM_BEST = True
-_GU_PERIODIC = False
-_GU_LAMBDA = 0.0
-# Rounds per while_loop trip; the loop predicate costs a device->host sync.
-_UNROLL = 4
-
-
 class _State(NamedTuple):
     prices: jax.Array  # [n] column prices
     obj: jax.Array  # [n] int32 column of each row, n = unassigned
     own: jax.Array  # [n] int32 row owning each column, n = free
     eps: jax.Array  # [] current slackness
-    sweep: jax.Array  # [] bool: a global price update is running
+    sweeping: jax.Array  # [] bool: a global price update is running
     pot: jax.Array  # [n] its column potentials (0 on free columns)
     sweeps: jax.Array  # [] int32 sweeps of the running update
-    best_count: jax.Array  # [] int32 most rows assigned so far this phase
-    stall: jax.Array  # [] int32 rounds since best_count last grew
+    best_count: jax.Array  # [] int32 most rows assigned since the last update
+    stall: jax.Array  # [] int32 bidding rounds since best_count last grew
     it: jax.Array  # [] int32 rounds so far (bidding rounds + sweeps)
     done: jax.Array  # [] bool stopping rule met
 
@@ -255,16 +286,18 @@ def auction(
     """Solve ``min_perm sum_i cost[i, perm[i]]`` exactly (up to ``rtol``).
 
     Args:
-        cost: ``[n, n]`` float (or int) cost matrix; finite entries.  Use
+        cost: ``[n, n]`` float (or int) cost matrix with finite entries.  Use
             ``jax.vmap`` for a batch ``[b, n, n]``.
-        rtol: stop once ``gap <= rtol * |optimum|`` (guaranteed through the dual
-            bound), or after the phase with ``eps <= rtol * |primal| / n``, at
-            which point ``gap <= n * eps`` holds anyway.  ``eps`` never goes
-            below a small multiple of the price resolution, so a zero optimum
-            ends at that floor instead of looping.
+        rtol: stop once the certified ``gap <= rtol * |optimum|`` (checked
+            against the dual bound), or after the phase with
+            ``eps <= rtol * |primal| / n``, where ``gap <= n * eps`` holds up to
+            rounding.  ``eps`` never goes below a small multiple of the price
+            resolution, so an optimum of 0 ends at that floor instead of looping.
         max_iterations: cap on rounds (bidding rounds plus global price-update
             sweeps) over all phases.
-        scaling: factor by which ``eps`` shrinks between phases (> 1).
+        scaling: factor (> 1) by which ``eps`` shrinks between phases; the first
+            phase uses ``eps = (max(cost) - min(cost)) / scaling``.  Larger
+            factors (10-25) often need fewer rounds in total.
 
     Returns:
         :class:`AuctionResult`.  Prices, ``primal``, ``dual`` and ``gap`` use
@@ -315,59 +348,86 @@ def auction(
     eps_floor = jnp.where(scale > 0, 64 * finfo.eps * scale, 1.0).astype(dtype)
     eps0 = jnp.maximum((c_max - c_min) / scaling, eps_floor)
 
-    def start_sweep(s: _State) -> _State:
+    def start_update(s: _State) -> _State:
         # Potentials start at +inf on owned columns and relax downwards.
         pot = jnp.where(s.own < n, inf, 0).astype(dtype)
-        return s._replace(sweep=jnp.bool_(True), pot=pot, sweeps=jnp.int32(0))
+        return s._replace(sweeping=jnp.bool_(True), pot=pot, sweeps=jnp.int32(0))
 
-    def sweep_step(s: _State, w1: jax.Array, base: jax.Array) -> _State:
+    def sweep(s: _State, w1_pot: jax.Array, w1: jax.Array) -> _State:
         """One Bellman-Ford sweep of the global price update.
 
-        ``pot_j`` converges to the length of the shortest path from owned
-        column ``j`` to a free column, where the edge ``j -> l`` (the owner ``k``
-        of ``j`` moves to ``l``) costs ``r_kl - r_kj + eps >= 0`` (eps-CS).  At
-        the fixed point ``p + pot`` keeps eps-CS for every assigned row while
-        raising owned columns just enough that displaced rows run straight to
-        a free column instead of wandering (Goldberg-Kennedy global update).
-        ``w1`` holds ``min_l (c_kl + p_l + pot_l)`` for every row ``k``.
+        Moving the owner ``k`` of column ``j`` to column ``l`` costs
+        ``r_kl - w1_k >= 0`` on top of its best option (``r`` the reduced costs,
+        ``w1_k = min_l r_kl``), so ``pot_j = min_l (r_kl + pot_l) - w1_k`` with
+        ``pot = 0`` on free columns is the cheapest displacement chain from
+        ``j`` to a free column.  At the fixed point, raising the prices by
+        ``pot`` leaves every assigned row's slackness
+        ``r_kj + pot_j - min_l (r_kl + pot_l)`` exactly as it was, while the
+        shortest chains become ties that displaced rows follow in one round
+        per hop.
+
+        Args:
+            s: state, ``s.sweeping`` True.
+            w1_pot: ``[n]`` ``min_l (c_kl + p_l + pot_l)`` for every row ``k``.
+            w1: ``[n]`` ``min_l (c_kl + p_l)`` for every row ``k``.
+
+        Returns:
+            The state after the sweep; prices move once the update finishes.
         """
         owned = s.own < n
         own_c = jnp.minimum(s.own, n - 1)
-        if _GU_FROM_BEST:
-            ref = base[own_c] - _GU_LAMBDA * s.eps
-        else:
-            ref = c[own_c, idx] + s.prices - s.eps
-        relaxed = jnp.minimum(s.pot, jnp.maximum(w1[own_c] - ref, 0))
+        relaxed = jnp.minimum(s.pot, jnp.maximum(w1_pot[own_c] - w1[own_c], 0))
         pot = jnp.where(owned, relaxed, 0).astype(dtype)
-        settled = jnp.all(s.pot - pot <= _SWEEP_TOL * s.eps)
+        # pot only decreases.  If the last sweep moved no potential by more
+        # than tol, p + pot adds at most tol of slackness to any row.  Before
+        # that, min(pot, cap) is still valid when cap <= (smallest potential
+        # that moved) + tol: the clipped potentials moved by <= tol, and the
+        # same bound applies (a truncated update, settled near free columns).
+        tol = _SWEEP_TOL * s.eps
+        moved = s.pot - pot > tol
+        cap = jnp.min(jnp.where(moved, pot, inf)) + tol
         sweeps = s.sweeps + 1
-        finished = settled | (sweeps >= _MAX_SWEEPS)
-        # Unsettled potentials are not a valid update: drop them.
-        prices = jnp.where(settled, s.prices + pot, s.prices)
+        finished = ~jnp.any(moved) | (sweeps >= _MAX_SWEEPS)
         return s._replace(
-            prices=prices,
+            prices=jnp.where(finished, s.prices + jnp.minimum(pot, cap), s.prices),
             pot=pot,
             sweeps=sweeps,
-            sweep=~finished,
+            sweeping=~finished,
             best_count=jnp.sum(s.obj < n, dtype=jnp.int32),
             stall=jnp.int32(0),
         )
 
-    def auction_step(s: _State, w1, j1, w2) -> _State:
+    def bid_round(s: _State, w1: jax.Array, j1: jax.Array, w2: jax.Array) -> _State:
+        """Phase-end bookkeeping, then one Jacobi bidding round.
+
+        Args:
+            s: state, ``s.sweeping`` False.
+            w1, j1, w2: ``[n]`` two smallest reduced costs ``c_ij + p_j`` of
+                every row and the argmin column.
+
+        Returns:
+            The state after the round.
+        """
         prices, obj, own, eps = s.prices, s.obj, s.own, s.eps
-        # Phase end: everyone is assigned.  Check the certificate, then either
-        # stop or shrink eps and release the rows violating the new slackness.
+        # Phase end: everyone is assigned.  Check the gap, then either stop or
+        # shrink eps and release the rows violating the new slackness.  The
+        # gap is summed from the nonnegative slacks (no cancellation); the
+        # rigorous certificate is recomputed after the loop.
         assigned = obj < n
         all_assigned = jnp.all(assigned)
         obj_c = jnp.minimum(obj, n - 1)
         c_obj = c[idx, obj_c]
-        primal, dual = _certificate(c_obj, w1, prices)
+        slack = (c_obj + prices[obj_c]) - w1
+        primal = jnp.sum(c_obj)
+        magnitude = jnp.sum(jnp.abs(w1) + jnp.abs(prices) + jnp.abs(c_obj))
+        gap = jnp.sum(slack) + _rounding_allowance(n, dtype, magnitude)
+        dual = primal - gap
+        # rtol * |optimum| from below, as optimum lies in [dual, primal].
         tol = rtol * jnp.maximum(jnp.maximum(dual, -primal), 0)
         eps_stop = jnp.maximum(rtol * jnp.abs(primal) / n, eps_floor)
-        finish = all_assigned & ((primal - dual <= tol) | (eps <= eps_stop))
+        finish = all_assigned & ((gap <= tol) | (eps <= eps_stop))
         new_phase = all_assigned & ~finish
         eps = jnp.where(new_phase, jnp.maximum(eps / scaling, eps_stop), eps)
-        slack = (c_obj + prices[obj_c]) - w1
         keep = assigned & (~new_phase | (slack <= eps))
         released = jnp.any(assigned & ~keep)
         obj = jnp.where(keep, obj, n)
@@ -378,12 +438,11 @@ def auction(
         # its cheapest column; the highest bid wins, ties to the lowest row.
         # nextafter keeps prices strictly increasing even if eps were below
         # their resolution (no endless bid ping-pong).  A round that releases
-        # rows skips bidding: a global price update runs first.
+        # rows does not bid: a global price update runs first.
         bidding = ~keep & ~released
         p_j1 = prices[j1]
         bid = jnp.maximum(p_j1 + ((w2 - w1) + eps), jnp.nextafter(p_j1, inf))
-        target = jnp.where(bidding, j1, n)
-        best = jnp.full(n, -inf, dtype).at[target].max(bid, mode="drop")
+        best = jnp.full(n, -inf, dtype).at[jnp.where(bidding, j1, n)].max(bid, mode="drop")
         candidate = bidding & (bid == best[j1])
         winner = jnp.full(n, n, jnp.int32).at[jnp.where(candidate, j1, n)].min(idx, mode="drop")
         has_bid = winner < n
@@ -393,38 +452,35 @@ def auction(
         own = jnp.where(has_bid, winner, own)
         prices = jnp.where(has_bid, best, prices)
 
-        # Stall detection: the Jacobi tail has a few displaced rows wandering
-        # through long chains; a global price update points them at free
-        # columns.
         count = jnp.sum(obj < n, dtype=jnp.int32)
-        grew = (count > s.best_count) | released
-        stall = jnp.where(grew & (not _GU_PERIODIC), 0, s.stall + 1)
+        grew = count > s.best_count
         out = s._replace(
             prices=prices,
             obj=obj,
             own=own,
             eps=eps,
-            best_count=jnp.where(grew, count, s.best_count),
-            stall=stall,
+            best_count=jnp.maximum(count, s.best_count),
+            stall=jnp.where(grew, 0, s.stall + 1),
             done=finish,
         )
-        trigger = released | ((stall >= _STALL_ROUNDS) & (count < n))
-        return _select(trigger, start_sweep(out), out)
+        trigger = released | ((out.stall >= _STALL_ROUNDS) & (count < n))
+        return _select(trigger, start_update(out), out)
 
     def step(s: _State) -> _State:
         active = ~s.done & (s.it < max_iterations)
-        # One fused [n, n] pass serves both modes: during a sweep the row
-        # minima of c + p + pot relax the potentials, otherwise the top-2 of
-        # c + p drive the bids and the certificate.
-        shift = jnp.where(s.sweep, s.pot, 0).astype(dtype)
+        # One fused [n, n] pass serves both modes: the row minima of
+        # c + p + pot relax the potentials during an update (pot = 0
+        # otherwise), and the top-2 of c + p drive the bids.
         reduced = c + s.prices[None, :]
-        w1, j1, w2, base = _top2_rows(reduced + shift[None, :], reduced)
-        nxt = _select(s.sweep, sweep_step(s, w1, base), auction_step(s, w1, j1, w2))
-        nxt = nxt._replace(it=s.it + 1)
-        return _select(active, nxt, s)
+        shift = jnp.where(s.sweeping, s.pot, 0).astype(dtype)
+        w1_shift, j1, w2, w1 = _top2_rows(reduced + shift[None, :], reduced)
+        nxt = _select(s.sweeping, sweep(s, w1_shift, w1), bid_round(s, w1, j1, w2))
+        return _select(active, nxt._replace(it=s.it + 1), s)
+
+    unroll = 1 if jax.default_backend() == "cpu" else _UNROLL_ACCELERATOR
 
     def body(s: _State) -> _State:
-        for _ in range(_UNROLL):
+        for _ in range(unroll):
             s = step(s)
         return s
 
@@ -436,7 +492,7 @@ def auction(
         obj=obj0,
         own=own0,
         eps=eps0,
-        sweep=jnp.bool_(False),
+        sweeping=jnp.bool_(False),
         pot=jnp.zeros(n, dtype),
         sweeps=jnp.int32(0),
         best_count=jnp.sum(obj0 < n, dtype=jnp.int32),

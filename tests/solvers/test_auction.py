@@ -1,0 +1,300 @@
+"""Tests for the pure-JAX epsilon-scaling auction (``affjax.solvers.auction``).
+
+Every solve is checked against ``scipy.optimize.linear_sum_assignment``: the
+returned ``perm`` must be a permutation whose cost is ``primal``, the optimum
+must lie within ``gap`` of ``primal`` and above ``dual``, and the gap must meet
+``rtol``.  Most problems share one shape so the file compiles only a handful of
+programs (XLA:CPU needs a few seconds per program).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from scipy.optimize import linear_sum_assignment
+
+from affjax.solvers import auction as auction_lib
+from affjax.solvers.auction import AuctionResult, auction
+
+N = 48
+
+
+def _sqdist(n: int, d: int, seed: int) -> np.ndarray:
+    """Squared Euclidean distances between two Gaussian clouds, ``[n, n]``."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d))
+    y = rng.standard_normal((n, d))
+    return ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
+
+
+def _duplicated_sqdist(n: int, d: int, seed: int, copies: int) -> np.ndarray:
+    """Squared distances where every point appears ``copies`` times (tied rows/cols)."""
+    rng = np.random.default_rng(seed)
+    x = np.repeat(rng.standard_normal((n // copies, d)), copies, axis=0)
+    y = np.repeat(rng.standard_normal((n // copies, d)), copies, axis=0)
+    x, y = x[rng.permutation(n)], y[rng.permutation(n)]
+    return ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
+
+
+def _optimum(cost: np.ndarray) -> float:
+    rows, cols = linear_sum_assignment(cost)
+    return float(cost[rows, cols].sum())
+
+
+def _slop(cost: np.ndarray, dtype=np.float64) -> float:
+    """Rounding slack for comparing sums of ``n`` entries across implementations."""
+    n = cost.shape[0]
+    return 4 * n * np.finfo(dtype).eps * max(float(np.abs(cost).max()), 1e-300)
+
+
+def _check(res: AuctionResult, cost, rtol: float = 1e-6, dtype=np.float64) -> float:
+    """Asserts ``res`` is a certified ``rtol``-optimal assignment of ``cost``."""
+    cost = np.asarray(cost, np.float64)
+    n = cost.shape[0]
+    perm = np.asarray(res.perm)
+    assert perm.shape == (n,) and perm.dtype == np.int32
+    assert np.array_equal(np.sort(perm), np.arange(n)), "perm is not a permutation"
+    assert bool(res.converged)
+    assert res.primal.dtype == dtype and res.gap.dtype == dtype and res.dual.dtype == dtype
+    assert res.iterations.dtype == np.int32
+
+    opt = _optimum(cost)
+    slop = _slop(cost, dtype)
+    primal, dual, gap = float(res.primal), float(res.dual), float(res.gap)
+    assert primal == pytest.approx(cost[np.arange(n), perm].sum(), rel=0, abs=slop)
+    assert res.gap == res.primal - res.dual
+    assert gap >= 0.0
+    assert dual <= opt + slop, "dual is not a lower bound"
+    assert abs(primal - opt) <= gap + slop, "optimum is not within gap of primal"
+    # rtol is relative: with an optimum of ~0 the last phase runs at the eps
+    # floor (64 ulps of the cost scale), which bounds the gap by n * floor.
+    floor = n * 64 * np.finfo(dtype).eps * 3 * float(np.abs(cost).max())
+    assert gap <= max(rtol * abs(opt) * (1 + 1e-6), floor) + slop, f"gap {gap}, optimum {opt}"
+    return opt
+
+
+# ----------------------------------------------------------------------------- random
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_uniform_costs_match_scipy(seed):
+    cost = np.random.default_rng(seed).uniform(size=(N, N))
+    with jax.enable_x64(True):
+        _check(auction(jnp.asarray(cost)), cost)
+
+
+@pytest.mark.parametrize("d", [1, 2, 8])
+def test_squared_distances_match_scipy(d):
+    cost = _sqdist(N, d, seed=d)
+    with jax.enable_x64(True):
+        res = auction(jnp.asarray(cost))
+    opt = _check(res, cost)
+    assert opt > 0
+
+
+def test_larger_problem_matches_scipy():
+    cost = _sqdist(128, 8, seed=7)
+    with jax.enable_x64(True):
+        _check(auction(jnp.asarray(cost)), cost)
+
+
+@pytest.mark.parametrize("scaling", [2.0, 25.0])
+def test_other_scaling_factors(scaling):
+    cost = _sqdist(N, 2, seed=11)
+    with jax.enable_x64(True):
+        _check(auction(jnp.asarray(cost), scaling=scaling), cost)
+
+
+def test_coarse_rtol_is_still_certified():
+    cost = _sqdist(N, 8, seed=3)
+    with jax.enable_x64(True):
+        coarse = auction(jnp.asarray(cost), rtol=1e-2)
+        fine = auction(jnp.asarray(cost))
+    _check(coarse, cost, rtol=1e-2)
+    assert int(coarse.iterations) < int(fine.iterations)
+
+
+# ------------------------------------------------------------------------- structured
+
+
+def test_permuted_identity_has_unique_optimum():
+    sigma = np.random.default_rng(0).permutation(N)
+    cost = np.ones((N, N))
+    cost[np.arange(N), sigma] = 0.0
+    with jax.enable_x64(True):
+        res = auction(jnp.asarray(cost))
+    _check(res, cost)
+    np.testing.assert_array_equal(np.asarray(res.perm), sigma)
+    assert float(res.primal) == 0.0 and float(res.gap) == 0.0
+
+
+@pytest.mark.parametrize("value", [3.7, 0.0, -2.5])
+def test_all_equal_costs(value):
+    # Every permutation is optimal; the rotated tie-break must resolve the ties
+    # at once instead of one row per round.
+    cost = np.full((N, N), value)
+    with jax.enable_x64(True):
+        res = auction(jnp.asarray(cost))
+    _check(res, cost)
+    assert float(res.primal) == N * value
+    assert int(res.iterations) <= 2
+
+
+@pytest.mark.parametrize("copies", [2, 4])
+def test_duplicate_points(copies):
+    cost = _duplicated_sqdist(N, 3, seed=copies, copies=copies)
+    with jax.enable_x64(True):
+        _check(auction(jnp.asarray(cost)), cost)
+
+
+@pytest.mark.parametrize("high", [2, 5])
+def test_integer_costs_with_many_ties(high):
+    cost = np.random.default_rng(high).integers(0, high, size=(N, N))
+    with jax.enable_x64(True):
+        res = auction(jnp.asarray(cost, jnp.int32))
+    _check(res, cost)
+    # Integer data: any eps-optimal assignment with n * eps < 1 is exactly optimal.
+    assert float(res.primal) == _optimum(cost.astype(np.float64))
+
+
+def test_negative_and_mixed_sign_costs():
+    rng = np.random.default_rng(5)
+    for cost in (rng.uniform(-5.0, -1.0, (N, N)), rng.normal(size=(N, N)) * 10):
+        with jax.enable_x64(True):
+            _check(auction(jnp.asarray(cost)), cost)
+
+
+def test_large_and_tiny_scales():
+    base = _sqdist(N, 2, seed=9)
+    for factor in (1e8, 1e-8):
+        cost = base * factor
+        with jax.enable_x64(True):
+            _check(auction(jnp.asarray(cost)), cost)
+
+
+def test_one_by_one_and_two_by_two():
+    with jax.enable_x64(True):
+        one = auction(jnp.array([[4.25]]))
+        assert np.asarray(one.perm).tolist() == [0]
+        assert float(one.primal) == 4.25 and float(one.gap) == 0.0 and bool(one.converged)
+        for cost, perm in (([[1.0, 5.0], [2.0, 9.0]], [1, 0]), ([[1.0, 5.0], [9.0, 2.0]], [0, 1])):
+            res = auction(jnp.asarray(cost))
+            _check(res, np.asarray(cost))
+            assert np.asarray(res.perm).tolist() == perm
+
+
+def test_rejects_bad_input():
+    with pytest.raises(ValueError, match="square"):
+        auction(jnp.zeros((3, 4)))
+    with pytest.raises(ValueError, match="square"):
+        auction(jnp.zeros(3))
+    with pytest.raises(ValueError, match="scaling"):
+        auction(jnp.zeros((3, 3)), scaling=1.0)
+
+
+# ------------------------------------------------------------------ oracles, certificate
+
+
+def test_agrees_with_optax_hungarian():
+    rng = np.random.default_rng(21)
+    problems = [
+        rng.uniform(size=(N, N)),
+        _sqdist(N, 8, seed=21),
+        rng.integers(0, 3, size=(N, N)).astype(np.float64),
+    ]
+    with jax.enable_x64(True):
+        for cost in problems:
+            rows, cols = optax.assignment.hungarian_algorithm(jnp.asarray(cost))
+            rows, cols = np.asarray(rows), np.asarray(cols)
+            assert np.array_equal(np.sort(rows), np.arange(N))
+            assert np.array_equal(np.sort(cols), np.arange(N))
+            hungarian = float(cost[rows, cols].sum())
+            res = auction(jnp.asarray(cost))
+            _check(res, cost)
+            assert abs(float(res.primal) - hungarian) <= float(res.gap) + _slop(cost)
+
+
+def test_dual_is_a_lower_bound_for_any_prices():
+    # The certificate is feasible by construction (u_i = min_j c_ij + p_j,
+    # v_j = -p_j), whatever the prices: check it on arbitrary ones.
+    rng = np.random.default_rng(4)
+    cost = _sqdist(N, 2, seed=4)
+    opt = _optimum(cost)
+    perm = rng.permutation(N)
+    with jax.enable_x64(True):
+        c = jnp.asarray(cost)
+        for spread in (0.0, 0.1, 10.0, 1e3):
+            prices = jnp.asarray(rng.normal(size=N) * spread)
+            w1 = jnp.min(c + prices[None, :], axis=1)
+            primal, dual = auction_lib._certificate(c[jnp.arange(N), perm], w1, prices)
+            assert float(primal) == pytest.approx(cost[np.arange(N), perm].sum(), rel=1e-14)
+            assert float(dual) <= opt
+            # Independently: the dual solution itself is feasible.
+            u, v = np.asarray(w1), -np.asarray(prices)
+            assert np.all(u[:, None] + v[None, :] <= cost + 1e-12 * np.abs(cost).max())
+
+
+# ----------------------------------------------------------------- transformations
+
+
+def test_jit_wrapper_matches_direct_call():
+    cost = jnp.asarray(_sqdist(N, 8, seed=13))
+    with jax.enable_x64(True):
+        direct = auction(cost)
+        wrapped = jax.jit(lambda c: auction(c))(cost)
+    for a, b in zip(direct, wrapped, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_vmap_matches_python_loop():
+    rng = np.random.default_rng(17)
+    batch = np.stack(
+        [
+            rng.uniform(size=(N, N)),
+            _sqdist(N, 8, seed=17),
+            _duplicated_sqdist(N, 2, seed=17, copies=4),
+            rng.integers(0, 4, size=(N, N)).astype(np.float64),
+        ]
+    )
+    with jax.enable_x64(True):
+        batched = jax.vmap(auction)(jnp.asarray(batch))
+        singles = [auction(jnp.asarray(cost)) for cost in batch]
+    for k, (cost, single) in enumerate(zip(batch, singles, strict=True)):
+        _check(single, cost)
+        for name, a, b in zip(AuctionResult._fields, batched, single, strict=True):
+            np.testing.assert_array_equal(np.asarray(a)[k], np.asarray(b), err_msg=name)
+
+
+# ----------------------------------------------------------------- precision, failure
+
+
+def test_float32_without_x64_runs_in_float32():
+    cost = _sqdist(N, 8, seed=23).astype(np.float32)
+    assert not jax.config.jax_enable_x64
+    res = auction(jnp.asarray(cost), rtol=1e-4)
+    _check(res, cost, rtol=1e-4, dtype=np.float32)
+
+
+def test_float32_input_with_x64_uses_float64_prices():
+    cost = _sqdist(N, 8, seed=23).astype(np.float32)
+    with jax.enable_x64(True):
+        res = auction(jnp.asarray(cost))
+    _check(res, cost)
+
+
+def test_iteration_cap_reports_not_converged():
+    cost = _sqdist(N, 8, seed=29)
+    opt = _optimum(cost)
+    with jax.enable_x64(True):
+        res = auction(jnp.asarray(cost), max_iterations=3)
+    assert not bool(res.converged)
+    assert int(res.iterations) == 3
+    perm = np.asarray(res.perm)
+    assert np.array_equal(np.sort(perm), np.arange(N)), "perm must still be a permutation"
+    slop = _slop(cost)
+    assert float(res.primal) == pytest.approx(cost[np.arange(N), perm].sum(), rel=0, abs=slop)
+    # The certificate stays honest for the incomplete solve.
+    assert float(res.dual) <= opt + slop
+    assert float(res.primal) >= opt - slop
+    assert float(res.gap) >= float(res.primal) - opt - slop
