@@ -21,7 +21,7 @@ import numpy as np
 
 from affjax import precision as precision_lib
 from affjax.math import covariance, matrix_square_root
-from affjax.solvers import assignment
+from affjax.solvers import assignment, host
 
 __all__ = ["AffinityResult", "affinity_score", "DEGENERATE_TRACE"]
 
@@ -85,6 +85,9 @@ def _score(x, y, *, shrinkage: bool, solver: str, rtol: float, dim=None) -> Affi
     if d_arr == 1:
         w2 = _sorted_w2(tc, yc)
         gap, converged = jnp.zeros_like(w2), jnp.asarray(True)
+    elif assignment.resolve_solver(solver) == "host":
+        _, total = host.host_matching(tc, yc)
+        w2, gap, converged = total / n, jnp.zeros_like(total), jnp.isfinite(total)
     else:
         sq_t = jnp.sum(tc * tc, axis=1)
         sq_y = jnp.sum(yc * yc, axis=1)
