@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -168,6 +169,21 @@ def _pool_padding(size: int, k: int, s: int, p: int, ceil_mode: bool) -> tuple[i
     return p, (out - 1) * s + k - size - p
 
 
+class _Window(NamedTuple):
+    window: tuple[int, ...]  # (1, kh, kw, 1)
+    strides: tuple[int, ...]
+    padding: tuple[tuple[int, int], ...]  # torch's padding plus ceil_mode's overhang
+    explicit: tuple[int, int]  # torch's own padding (ph, pw)
+
+
+def _window(x, kernel_size, stride, padding, ceil_mode) -> _Window:
+    k = _pair(kernel_size)
+    s = _pair(stride if stride is not None else kernel_size)
+    p = _pair(padding)
+    pads = [_pool_padding(x.shape[1 + i], k[i], s[i], p[i], ceil_mode) for i in range(2)]
+    return _Window((1, *k, 1), (1, *s, 1), ((0, 0), *pads, (0, 0)), p)
+
+
 def max_pool(
     x: jax.Array,
     kernel_size: int | Sequence[int],
@@ -176,11 +192,8 @@ def max_pool(
     ceil_mode: bool = False,
 ) -> jax.Array:
     """``torch.nn.MaxPool2d`` (padding with -inf, ``ceil_mode``) on NHWC."""
-    k = _pair(kernel_size)
-    s = _pair(stride if stride is not None else kernel_size)
-    p = _pair(padding)
-    pads = [_pool_padding(x.shape[1 + i], k[i], s[i], p[i], ceil_mode) for i in range(2)]
-    return lax.reduce_window(x, -jnp.inf, lax.max, (1, *k, 1), (1, *s, 1), ((0, 0), *pads, (0, 0)))
+    w = _window(x, kernel_size, stride, padding, ceil_mode)
+    return lax.reduce_window(x, -jnp.inf, lax.max, w.window, w.strides, w.padding)
 
 
 def avg_pool(
@@ -192,21 +205,17 @@ def avg_pool(
     count_include_pad: bool = True,
 ) -> jax.Array:
     """``torch.nn.AvgPool2d`` on NHWC, with torch's divisor rules."""
-    k = _pair(kernel_size)
-    s = _pair(stride if stride is not None else kernel_size)
-    p = _pair(padding)
-    pads = [_pool_padding(x.shape[1 + i], k[i], s[i], p[i], ceil_mode) for i in range(2)]
-    window, strides = (1, *k, 1), (1, *s, 1)
-    padding4 = ((0, 0), *pads, (0, 0))
-    total = lax.reduce_window(x, 0.0, lax.add, window, strides, padding4)
+    w = _window(x, kernel_size, stride, padding, ceil_mode)
+    total = lax.reduce_window(x, 0.0, lax.add, w.window, w.strides, w.padding)
     ones = jnp.ones((1, x.shape[1], x.shape[2], 1), x.dtype)
     if count_include_pad:
         # torch counts the explicit padding but not ceil_mode's overhang.
-        padded = jnp.pad(ones, ((0, 0), (p[0], p[0]), (p[1], p[1]), (0, 0)), constant_values=1.0)
-        extra = ((0, 0), (0, pads[0][1] - p[0]), (0, pads[1][1] - p[1]), (0, 0))
-        count = lax.reduce_window(padded, 0.0, lax.add, window, strides, extra)
+        (ph, pw), (_, (_, rh), (_, rw), _) = w.explicit, w.padding
+        padded = jnp.pad(ones, ((0, 0), (ph, ph), (pw, pw), (0, 0)), constant_values=1.0)
+        extra = ((0, 0), (0, rh - ph), (0, rw - pw), (0, 0))
+        count = lax.reduce_window(padded, 0.0, lax.add, w.window, w.strides, extra)
     else:
-        count = lax.reduce_window(ones, 0.0, lax.add, window, strides, padding4)
+        count = lax.reduce_window(ones, 0.0, lax.add, w.window, w.strides, w.padding)
     return total / count
 
 
