@@ -44,13 +44,20 @@ def reference_key(flax_path: tuple[str, ...], kind: str, functional: bool) -> st
     return f"{path}:F.{kind.lower()}" if functional else f"{path}_{kind}"
 
 
-def call_order(module: nn.Module, variables: dict, image_shape: tuple[int, ...]):
+def call_order(module: nn.Module, image_shape: tuple[int, ...]):
     """Execution order of the activation calls: ``[(flax_path, kind, functional), ...]``.
 
-    Traced abstractly once (``jax.eval_shape``) with a Flax method interceptor:
-    ``sow`` collections are nested by module, which loses the interleaving of
-    repeated calls (a ResNet block's single ``relu`` runs between other sites).
+    Traced abstractly (``jax.eval_shape`` of ``init``, so no variables are
+    needed) with a Flax method interceptor: ``sow`` collections are nested by
+    module, which loses the interleaving of repeated calls (a ResNet block's
+    single ``relu`` runs between other sites). Cached per module and image size,
+    so a multi-batch run traces the model once.
     """
+    return list(_call_order(module, tuple(image_shape[1:])))
+
+
+@functools.lru_cache(maxsize=64)
+def _call_order(module: nn.Module, image_shape: tuple[int, ...]) -> tuple:
     order = []
 
     def interceptor(next_fun, args, kwargs, context):
@@ -59,10 +66,10 @@ def call_order(module: nn.Module, variables: dict, image_shape: tuple[int, ...])
             order.append((tuple(mod.path), mod.kind, mod.functional))
         return next_fun(*args, **kwargs)
 
-    dummy = jax.ShapeDtypeStruct((1, *image_shape[1:]), jnp.float32)
+    dummy = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
     with nn.intercept_methods(interceptor):
-        jax.eval_shape(lambda v, x: module.apply(v, x), variables, dummy)
-    return order
+        jax.eval_shape(module.init, jax.random.key(0), dummy)
+    return tuple(order)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -104,7 +111,7 @@ def capture(
     images = np.asarray(images) if not isinstance(images, jax.Array) else images
     n = images.shape[0]
     step = n if not chunk_size else min(chunk_size, n)
-    order = call_order(module, variables, images.shape)
+    order = call_order(module, images.shape)
     chunks = []
     for start in range(0, n, step):
         state = _forward(module, variables, jnp.asarray(images[start : start + step], jnp.float32))

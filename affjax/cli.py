@@ -167,9 +167,8 @@ def _cmd_signature(args) -> int:
     name, module, variables, info = _load_model(args)
     t_load = time.perf_counter() - t0
     dataset = "images:" + Path(args.images).name if args.images else args.dataset
-    stem = (
-        f"{name}_{Path(dataset).stem if args.images else dataset}_{args.batch_size}_{args.batch_id}"
-    )
+    source = Path(args.images).stem if args.images else args.dataset  # no ':' in file names
+    stem = f"{name}_{source}_{args.batch_size}_{args.batch_id}"
     partial_dir = out / f".{stem}.partial"
     settings = {
         "model": name,

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from affjax import cli
@@ -133,3 +134,36 @@ def test_affjax_never_imports_torch():
         "affjax.cli.main(['models']); assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_convert_then_torch_free_signature(tmp_path):
+    variables = tmp_path / "r18.msgpack"
+    assert cli.main(["convert", "resnet18", "--weights", "random", "--out", str(variables)]) == 0
+    images = np.random.default_rng(0).normal(size=(6, 32, 32, 3)).astype(np.float32)
+    np.save(tmp_path / "batch.npy", images)
+    argv = [
+        "signature",
+        "--variables",
+        str(variables),
+        "--images",
+        str(tmp_path / "batch.npy"),
+        "--batch-size",
+        "3",
+        "--batch-id",
+        "-1",
+        "--metrics",
+        "aff_score",
+        "--quiet",
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    assert cli.main(argv) == 0
+    payload = json.loads((tmp_path / "out" / "resnet18_batch_3_-1.json").read_text())
+    assert [r["batch"] for r in payload["records"]] == [0] * 17 + [1] * 17
+    # the same numbers as the Python API on the same images and variables
+    from affjax.checkpoint import load_variables
+
+    _, module, v, _ = load_variables(variables)
+    want = signature_lib.signature(module, v, images[3:], metrics=("aff_score",)).scores()
+    got = [r["aff_score"] for r in payload["records"][17:]]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)

@@ -16,15 +16,12 @@ LOGITS_RTOL = 2e-4  # relative to the largest |logit|; float32 forward in both f
 FEATURES_TOL = 1e-4  # relative to the largest |feature| of the call
 
 
-random_torch_model = seeded_model
-
-
 def images(n: int = 2, size: int = 224, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 def assert_logits_match(name: str, size: int = 224, n: int = 2) -> None:
-    model = random_torch_model(name)
+    model = seeded_model(name)
     module, variables = convert(model, name)
     x = images(n, size)
     with torch.no_grad():
@@ -39,7 +36,7 @@ def assert_logits_match(name: str, size: int = 224, n: int = 2) -> None:
 
 def assert_features_match(name: str, size: int = 224, n: int = 4) -> None:
     """Reduced [n, d] features of every call equal torch forward-hook captures."""
-    model = random_torch_model(name)
+    model = seeded_model(name)
     module, variables = convert(model, name)
     x = images(n, size, seed=1)
     ref = reference_signature(model, x, metrics=(), keep_features=True)
