@@ -45,7 +45,8 @@ def _optimum(cost: np.ndarray) -> float:
 def _slop(cost: np.ndarray, dtype=np.float64) -> float:
     """Rounding slack for comparing sums of ``n`` entries across implementations."""
     n = cost.shape[0]
-    return 4 * n * np.finfo(dtype).eps * max(float(np.abs(cost).max()), 1e-300)
+    # a Python float: pytest >= 9.2 rejects numpy scalars as approx tolerances
+    return float(4 * n * np.finfo(dtype).eps * max(float(np.abs(cost).max()), 1e-300))
 
 
 def _check(res: AuctionResult, cost, rtol: float = 1e-6, dtype=np.float64) -> float:
