@@ -6,12 +6,32 @@ Both take sample-first ``[n, d]`` arrays and add the reference's ridge
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
-__all__ = ["RIDGE", "empirical", "ledoit_wolf", "ledoit_wolf_parts", "ledoit_wolf_shrinkage"]
+__all__ = [
+    "RIDGE",
+    "empirical",
+    "gram",
+    "ledoit_wolf",
+    "ledoit_wolf_parts",
+    "ledoit_wolf_shrinkage",
+]
 
 #: Ridge the published method adds to every covariance "to avoid singularities".
 RIDGE = 1e-6
+
+
+def gram(xc: jnp.ndarray) -> jnp.ndarray:
+    """``xc.T @ xc`` for ``[n, d]`` samples.
+
+    XLA:CPU runs a dot that contracts the leading axis of both operands about
+    1.7x slower than the same dot on a materialised transpose (n = 2048,
+    d = 512: 23 ms against 14 ms), and it fuses the transpose away unless a
+    barrier keeps it. On accelerators the copy is negligible.
+    """
+    xt = jax.lax.optimization_barrier(xc.T)
+    return xt @ xt.T
 
 
 def _centered(x: jnp.ndarray) -> jnp.ndarray:
@@ -33,7 +53,7 @@ def empirical(x: jnp.ndarray, ridge: float = RIDGE) -> jnp.ndarray:
     """
     n, d = x.shape
     xc = _centered(x)
-    return xc.T @ xc / (n - 1) + ridge * jnp.eye(d, dtype=x.dtype)
+    return gram(xc) / (n - 1) + ridge * jnp.eye(d, dtype=x.dtype)
 
 
 def ledoit_wolf_shrinkage(x: jnp.ndarray, dim: int | None = None) -> jnp.ndarray:
@@ -66,7 +86,7 @@ def ledoit_wolf_shrinkage(x: jnp.ndarray, dim: int | None = None) -> jnp.ndarray
     # sum((X^2)^T X^2) without the [d, d] product: it is ||sum_i x_i^2 x_i^2^T||_1
     # = sum_i (sum_k x_ik^2)^2 since every entry is non-negative.
     beta_ = jnp.sum(jnp.sum(x2, axis=1) ** 2)
-    s = xc.T @ xc
+    s = gram(xc)
     delta_ = jnp.sum(s * s) / n**2
     beta = (beta_ / n - delta_) / (d * n)
     delta = (delta_ - 2.0 * mu * jnp.sum(emp_cov_trace) + d * mu**2) / d
@@ -109,7 +129,7 @@ def ledoit_wolf_parts(
     n, k = x.shape
     d = k if dim is None else dim
     xc = _centered(x)
-    emp = xc.T @ xc / n
+    emp = gram(xc) / n
     mu = jnp.trace(emp) / d
     s = ledoit_wolf_shrinkage(x, dim=d)
     floor = s * mu + ridge

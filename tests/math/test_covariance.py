@@ -35,3 +35,12 @@ def test_ledoit_wolf_constant_data_has_no_nan():
     with jax.enable_x64(True):
         got = np.asarray(covariance.ledoit_wolf(x))
     np.testing.assert_allclose(got, 1e-6 * np.eye(4), atol=1e-18)
+
+
+def test_gram_is_transposed_product():
+    x = np.random.default_rng(3).normal(size=(300, 70))
+    with jax.enable_x64(True):
+        g = np.asarray(jax.jit(covariance.gram)(x))
+        gv = np.asarray(jax.vmap(covariance.gram)(np.stack([x, 2 * x])))
+    np.testing.assert_allclose(g, x.T @ x, rtol=1e-12)
+    np.testing.assert_allclose(gv[1], 4 * (x.T @ x), rtol=1e-12)
