@@ -136,6 +136,18 @@ class TestTransforms(chex.TestCase):
             assert float(vmapped.score[i]) == float(r.score)
             assert float(vmapped.w2[i]) == float(r.w2)
 
+    @pytest.mark.timeout(300, method="thread")
+    def test_vmapped_batch_of_16_at_d_512(self):
+        # This shape once hung XLA:CPU: two independent Cholesky calls per problem
+        # in one vmapped graph with the host solver's pure_callback.
+        rng = np.random.default_rng(3)
+        xs = rng.normal(size=(16, 1024, 512))
+        ys = np.maximum(xs, 0)
+        batched = affinity_score(xs, ys)
+        for i in (0, 15):
+            single = affinity_score(xs[i], ys[i])
+            np.testing.assert_allclose(float(batched.score[i]), float(single.score), rtol=1e-12)
+
     def test_no_retrace_for_same_shapes(self):
         from affjax import score as score_lib
 

@@ -90,16 +90,17 @@ def _bures_roots(cov_x: jnp.ndarray, cov_y: jnp.ndarray) -> jnp.ndarray:
 def _bures_cholesky(cov_x: jnp.ndarray, cov_y: jnp.ndarray) -> jnp.ndarray:
     d = cov_x.shape[-1]
     eye = jnp.eye(d, dtype=cov_x.dtype)
-    l = jnp.linalg.cholesky(0.5 * (cov_x + cov_x.T))
+    sym = 0.5 * (cov_x + cov_x.T)
+    l = jnp.linalg.cholesky(sym)
     # Cholesky fails (NaN) only when round-off, about d * eps * max(diag), swamps
     # the smallest eigenvalue, i.e. variances ~1e10 times the ridge. Then shift by
     # that round-off: the published eigh form is no more accurate there.
     shift = d * jnp.finfo(cov_x.dtype).eps * jnp.max(jnp.diag(cov_x))
-    l = jax.lax.cond(
-        jnp.all(jnp.isfinite(l)),
-        lambda: l,
-        lambda: jnp.linalg.cholesky(0.5 * (cov_x + cov_x.T) + shift * eye),
-    )
+    # The retry depends on the first factor: two independent LAPACK calls in one
+    # vmapped graph next to the host solver's pure_callback hung XLA:CPU (jax
+    # 0.10.2, batch 16), as did a lax.cond here.
+    ok = jnp.all(jnp.isfinite(l))
+    l = jnp.where(ok, l, jnp.linalg.cholesky(sym + jnp.where(ok, 0.0, shift) * eye))
     m = l.T @ cov_y @ l
     w, u = jnp.linalg.eigh(0.5 * (m + m.T))
     g = solve_triangular(l, u * jnp.sqrt(jnp.sqrt(jnp.maximum(w, 0.0))), lower=True, trans=1)
