@@ -1,8 +1,8 @@
 """PSD roots and the Bures map: closed-form properties in float64."""
 
 import jax
-import pytest
 import numpy as np
+import pytest
 
 from affjax.math import matrix_square_root as msr
 
