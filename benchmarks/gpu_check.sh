@@ -4,9 +4,8 @@
 #
 #   bash benchmarks/gpu_check.sh OUTDIR
 #
-# Packages that machine may lack (POT for the reference, pytest-timeout and
-# pytest-xdist for the tests) are installed from ./.whl when it exists; fetch them
-# first with pip download (see benchmarks/README.md). Writes JSON tables and a log
+# Wheels in ./.whl are installed first: the H200 machine lacks POT, which the
+# reference needs; fetch it with pip download (see benchmarks/README.md). Writes JSON tables and a log
 # to OUTDIR (default benchmarks/results).
 set -uo pipefail
 out=${1:-benchmarks/results}

@@ -9,6 +9,7 @@ import torch
 from parity_helpers import nhwc_images, seeded_model
 
 from affjax import METRICS, SignatureError, signature
+from affjax import capture as capture_lib
 from converters.reference import reference_signature
 from converters.torchvision import convert
 
@@ -79,9 +80,12 @@ def test_chunked_forward_equals_whole_batch():
     module, variables = convert(model, "resnet18")
     x = nhwc_images(torch.randn(12, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
     a = signature(module, variables, x, metrics=("aff_score", "sparsity_after")).records()
+    compiled = capture_lib._forward._cache_size()
     b = signature(
         module, variables, x, chunk_size=5, metrics=("aff_score", "sparsity_after")
     ).records()
+    # chunks of 5, 5 and 2: the short one is padded, so one new compile, not two
+    assert capture_lib._forward._cache_size() == compiled + 1
     for ra, rb in zip(a, b, strict=True):
         assert ra["layer"] == rb["layer"]
         assert ra["aff_score"] == pytest.approx(rb["aff_score"], abs=1e-6)
