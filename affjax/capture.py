@@ -114,14 +114,16 @@ def capture(
     order = call_order(module, images.shape)
     chunks = []
     for start in range(0, n, step):
-        chunk = images[start : start + step]
+        chunk = jnp.asarray(images[start : start + step], jnp.float32)
         m = chunk.shape[0]
         if m < step:
             # Pad a short last chunk to the compiled shape (samples are
             # independent in eval mode) instead of compiling the forward again.
-            chunk = jnp.concatenate([jnp.asarray(chunk), jnp.asarray(images[: step - m])])
-        state = _forward(module, variables, jnp.asarray(chunk, jnp.float32))
-        state = jax.tree.map(lambda a, m=m: a[:m], state)
+            pad = jnp.asarray(images[: step - m], jnp.float32)
+            state = _forward(module, variables, jnp.concatenate([chunk, pad]))
+            state = jax.tree.map(lambda a, m=m: a[:m], state)
+        else:
+            state = _forward(module, variables, chunk)
         chunks.append(jax.device_get(state))
         if progress is not None:
             progress(min(start + step, n), n)

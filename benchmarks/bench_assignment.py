@@ -23,10 +23,8 @@ from scipy.optimize import linear_sum_assignment
 from affjax.math import covariance, matrix_square_root
 
 
-def _cost(n, d, seed):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, d)) @ (np.eye(d) + 0.5 * rng.normal(size=(d, d)) / np.sqrt(d))
-    y = np.maximum(x, 0)
+def bures_cost(x, y):
+    """The score's own cost: squared distances between Bures-mapped ``x`` and ``y``."""
     with jax.enable_x64(True):
         a = np.asarray(
             matrix_square_root.bures_map(covariance.empirical(x), covariance.empirical(y))
@@ -34,6 +32,12 @@ def _cost(n, d, seed):
     t = (x - x.mean(0)) @ a
     yc = y - y.mean(0)
     return np.maximum((t * t).sum(1)[:, None] + (yc * yc).sum(1)[None] - 2 * t @ yc.T, 0)
+
+
+def _cost(n, d, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)) @ (np.eye(d) + 0.5 * rng.normal(size=(d, d)) / np.sqrt(d))
+    return bures_cost(x, np.maximum(x, 0))
 
 
 def _solvers():

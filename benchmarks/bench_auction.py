@@ -18,9 +18,9 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from bench_assignment import bures_cost
 from scipy.optimize import linear_sum_assignment
 
-from affjax.math import covariance, matrix_square_root
 from affjax.solvers.auction import auction
 
 ACTIVATIONS = {
@@ -35,14 +35,7 @@ ACTIVATIONS = {
 def _cost(n, d, act, seed):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, d))
-    y = ACTIVATIONS[act](x, rng)
-    with jax.enable_x64(True):
-        a = np.asarray(
-            matrix_square_root.bures_map(covariance.empirical(x), covariance.empirical(y))
-        )
-    t = (x - x.mean(0)) @ a
-    yc = y - y.mean(0)
-    return np.maximum((t * t).sum(1)[:, None] + (yc * yc).sum(1)[None] - 2 * t @ yc.T, 0)
+    return bures_cost(x, ACTIVATIONS[act](x, rng))
 
 
 def bench(n, d, act, scaling, *, seeds):
