@@ -30,7 +30,7 @@ class CliError(Exception):
 def _cmd_models(args) -> int:
     from affjax import models
 
-    for family in dict.fromkeys(s.family for s in models.registry._REGISTRY.values()):
+    for family in models.registry.families():
         print(f"{family:12s} {' '.join(models.list_models(family))}")
     return 0
 

@@ -12,6 +12,9 @@ Flax leaf                 torch state_dict entry         transform
 ``params/.../bias``       ``....bias``                   as is
 ``batch_stats/.../mean``  ``....running_mean``           as is
 ``batch_stats/.../var``   ``....running_var``            as is
+``params/.../<other>``    ``....<other>``                as is (torch Parameters kept
+                                                         under their own name:
+                                                         ``class_token``, PReLU ``weight``)
 ========================  ============================  =========================
 
 The merge is strict: it fails with the lists of missing, unexpected and
@@ -44,20 +47,10 @@ __all__ = [
     "model_info",
 ]
 
-# torchvision class name -> affjax family, to infer the preset of a bare instance.
-_FAMILIES = {
-    "AlexNet": "alexnet",
-    "VGG": "vgg",
-    "ResNet": "resnet",
-    "SqueezeNet": "squeezenet",
-    "DenseNet": "densenet",
-}
-
 _LEAVES = {
     ("params", "kernel"): "weight",
     ("params", "scale"): "weight",
     ("params", "bias"): "bias",
-    ("params", "weight"): "weight",  # parameters kept under torch's own name (PReLU)
     ("batch_stats", "mean"): "running_mean",
     ("batch_stats", "var"): "running_var",
 }
@@ -76,10 +69,13 @@ class WeightsError(RuntimeError):
 def flax_to_torch_key(path: tuple[str, ...]) -> str:
     """``("params", "layer1_0", "conv1", "kernel")`` -> ``"layer1.0.conv1.weight"``."""
     collection, *modules, leaf = path
-    try:
-        suffix = _LEAVES[(collection, leaf)]
-    except KeyError:
-        raise ConversionError(f"no torch counterpart for Flax leaf {'/'.join(path)}") from None
+    suffix = _LEAVES.get((collection, leaf))
+    if suffix is None and collection == "params":
+        suffix = leaf  # a torch Parameter kept under its own name
+    if suffix is None:
+        raise ConversionError(f"no torch counterpart for Flax leaf {'/'.join(path)}")
+    if not modules:
+        return suffix
     return f"{registry.torch_path(modules)}.{suffix}"
 
 
@@ -91,7 +87,10 @@ def _to_flax(value: np.ndarray, leaf: str) -> np.ndarray:
     return value
 
 
-def _template(module: nn.Module, image_size: int = 224) -> dict:
+def _template(module: nn.Module) -> dict:
+    # Parameter shapes of convolutional models do not depend on the image size;
+    # models with position embeddings carry theirs as a module attribute.
+    image_size = getattr(module, "image_size", 224)
     dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
     shapes = jax.eval_shape(module.init, jax.random.key(0), dummy)
     # init makes every collection mutable, the capture one too: keep variables only.
@@ -145,13 +144,13 @@ def _candidates(torch_model: torch.nn.Module, name: str | None) -> list[str]:
     if name is not None:
         registry.get(name)
         return [name]
-    family = _FAMILIES.get(type(torch_model).__name__)
-    if family is None:
+    cls = type(torch_model).__name__
+    names = [s.name for s in registry.specs() if s.torch_class == cls]
+    if not names:
         raise ConversionError(
-            f"no Flax port for torch class {type(torch_model).__name__}; "
-            "`affjax models` lists the supported models"
+            f"no Flax port for torch class {cls}; `affjax models` lists the supported models"
         )
-    return models.list_models(family)
+    return names
 
 
 def convert(torch_model: torch.nn.Module, name: str | None = None) -> tuple[nn.Module, dict]:

@@ -50,4 +50,4 @@ class AlexNet(nn.Module):
         return nn.Dense(self.num_classes, name="classifier_6")(x)
 
 
-registry.register("alexnet", "alexnet", AlexNet)
+registry.register("alexnet", "alexnet", AlexNet, torch_class="AlexNet")

@@ -148,4 +148,5 @@ for _name, (_growth, _blocks, _init) in _PRESETS.items():
         functools.partial(
             DenseNet, growth_rate=_growth, block_config=_blocks, num_init_features=_init
         ),
+        torch_class="DenseNet",
     )

@@ -23,6 +23,8 @@ __all__ = [
     "COLLECTION",
     "Activation",
     "BatchNorm",
+    "ConvNormActivation",
+    "SqueezeExcitation",
     "adaptive_avg_pool",
     "avg_pool",
     "conv",
@@ -158,6 +160,90 @@ def conv(
 
 #: ``torch.nn.BatchNorm2d`` in eval mode (running statistics, eps 1e-5).
 BatchNorm = functools.partial(nn.BatchNorm, use_running_average=True, momentum=0.9, epsilon=1e-5)
+
+
+class ConvNormActivation(nn.Module):
+    """torchvision's ``Conv2dNormActivation``: a ``Sequential`` of conv, BatchNorm, activation.
+
+    Submodules are named ``"0"``, ``"1"``, ``"2"`` like the ``Sequential``'s
+    children (``"1"`` is the activation when there is no norm), so torch's
+    ``features.0.2`` is the Flax path ``("features_0", "2")`` and the activation
+    call's reference key is ``features.0.2_ReLU6``.
+
+    Attributes:
+        features: output channels.
+        kernel_size, stride, groups, dilation: as ``Conv2d``.
+        padding: ``None`` is torchvision's default ``(k - 1) // 2 * dilation``.
+        activation: torch class name of the activation (``"ReLU"``, ``"SiLU"``...)
+            or ``None``.
+        norm: whether a BatchNorm follows the conv.
+        eps: that BatchNorm's eps (1e-5 in torch; 1e-3 in MobileNetV3 and
+            EfficientNetV2).
+        bias: conv bias; ``None`` is torchvision's default, a bias only without norm.
+    """
+
+    features: int
+    kernel_size: int = 3
+    stride: int = 1
+    padding: int | None = None
+    groups: int = 1
+    dilation: int = 1
+    activation: str | None = "ReLU"
+    norm: bool = True
+    eps: float = 1e-5
+    bias: bool | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        padding = (
+            (self.kernel_size - 1) // 2 * self.dilation if self.padding is None else self.padding
+        )
+        bias = (not self.norm) if self.bias is None else self.bias
+        x = conv(
+            self.features,
+            self.kernel_size,
+            self.stride,
+            padding,
+            groups=self.groups,
+            dilation=self.dilation,
+            bias=bias,
+            name="0",
+        )(x)
+        index = 1
+        if self.norm:
+            x = BatchNorm(epsilon=self.eps, name="1")(x)
+            index = 2
+        if self.activation is not None:
+            x = Activation(self.activation, name=str(index))(x)
+        return x
+
+
+class SqueezeExcitation(nn.Module):
+    """torchvision's ``ops.SqueezeExcitation``: ``x * gate(fc2(act(fc1(mean(x)))))``.
+
+    Both activations are call sites of their own, as the reference hooks them
+    (``...se.activation_ReLU``, ``...se.scale_activation_Sigmoid``); they see
+    ``[n, 1, 1, c]`` tensors, which reduce to ``[n, c]``.
+
+    Attributes:
+        squeeze_channels: width of ``fc1``.
+        activation_kind: torch class of ``activation`` (ReLU; SiLU in EfficientNet).
+        scale_kind: torch class of ``scale_activation`` (Sigmoid; Hardsigmoid
+            in MobileNetV3).
+    """
+
+    squeeze_channels: int
+    activation_kind: str = "ReLU"
+    scale_kind: str = "Sigmoid"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        s = jnp.mean(x, axis=(1, 2), keepdims=True)  # AdaptiveAvgPool2d(1)
+        s = conv(self.squeeze_channels, 1, name="fc1")(s)
+        s = Activation(self.activation_kind, name="activation")(s)
+        s = conv(x.shape[-1], 1, name="fc2")(s)
+        s = Activation(self.scale_kind, name="scale_activation")(s)
+        return s * x
 
 
 def _pool_padding(size: int, k: int, s: int, p: int, ceil_mode: bool) -> tuple[int, int]:

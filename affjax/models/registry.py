@@ -9,13 +9,26 @@ from typing import NamedTuple
 
 import flax.linen as nn
 
-__all__ = ["ModelSpec", "UnknownModelError", "get", "list_models", "register", "torch_path"]
+__all__ = [
+    "ModelSpec",
+    "UnknownModelError",
+    "families",
+    "get",
+    "list_models",
+    "register",
+    "specs",
+    "torch_path",
+]
 
 
 class ModelSpec(NamedTuple):
     name: str  # torchvision name, e.g. "resnet18"
     family: str  # file in affjax/models, e.g. "resnet"
     build: Callable[..., nn.Module]  # build(num_classes=1000) -> module
+    torch_class: str  # torchvision class name, e.g. "ResNet" (to convert bare instances)
+    # Activation calls are all torch.nn.functional calls (GoogLeNet, Inception-v3):
+    # the reference's signature is empty, `functional=True` gives the full one.
+    functional_only: bool = False
 
 
 class UnknownModelError(ValueError):
@@ -25,10 +38,27 @@ class UnknownModelError(ValueError):
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register(name: str, family: str, build: Callable[..., nn.Module]) -> None:
+def register(
+    name: str,
+    family: str,
+    build: Callable[..., nn.Module],
+    *,
+    torch_class: str,
+    functional_only: bool = False,
+) -> None:
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} registered twice")
-    _REGISTRY[name] = ModelSpec(name, family, build)
+    _REGISTRY[name] = ModelSpec(name, family, build, torch_class, functional_only)
+
+
+def specs() -> list[ModelSpec]:
+    """Every registered model, in registration order."""
+    return list(_REGISTRY.values())
+
+
+def families() -> list[str]:
+    """Family names in registration order."""
+    return list(dict.fromkeys(s.family for s in _REGISTRY.values()))
 
 
 def list_models(family: str | None = None) -> list[str]:
@@ -55,6 +85,8 @@ def torch_path(flax_path: tuple[str, ...] | list[str]) -> str:
 
     Flax submodules are named after torchvision attributes; a ``Sequential``
     index is joined with ``_`` (torch ``layer1.0`` -> Flax ``layer1_0``), so a
-    trailing ``_<digits>`` turns back into ``.<digits>``.
+    trailing ``_<digits>`` turns back into ``.<digits>``. Modules may also be
+    nested under torch's own names (``("features", "0", "block")``, or
+    ``"block1-0"``), which pass through unchanged.
     """
     return ".".join(_INDEX.sub(r".\1", part) for part in flax_path)

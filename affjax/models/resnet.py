@@ -121,4 +121,5 @@ for _name, (_block, _stages, _groups, _width) in _PRESETS.items():
         functools.partial(
             ResNet, block=_block, stage_sizes=_stages, groups=_groups, width_per_group=_width
         ),
+        torch_class="ResNet",
     )

@@ -92,5 +92,10 @@ class SqueezeNet(nn.Module):
         return layers.flatten_nchw(x)
 
 
-registry.register("squeezenet1_0", "squeezenet", functools.partial(SqueezeNet, version="1_0"))
-registry.register("squeezenet1_1", "squeezenet", functools.partial(SqueezeNet, version="1_1"))
+for _version in ("1_0", "1_1"):
+    registry.register(
+        f"squeezenet{_version}",
+        "squeezenet",
+        functools.partial(SqueezeNet, version=_version),
+        torch_class="SqueezeNet",
+    )

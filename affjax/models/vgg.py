@@ -80,4 +80,5 @@ for _name, _cfg in _PRESETS.items():
             f"{_name}_bn" if _bn else _name,
             "vgg",
             functools.partial(VGG, cfg=CONFIGS[_cfg], batch_norm=_bn),
+            torch_class="VGG",
         )
