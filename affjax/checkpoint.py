@@ -6,6 +6,7 @@ loads the file and computes signatures without torch.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -19,6 +20,16 @@ __all__ = ["FORMAT", "load_variables", "save_variables"]
 FORMAT = "affjax.variables/1"
 
 
+def _config(module: nn.Module) -> dict:
+    """The module's scalar settings (``transform_input``, ``image_size``...), JSON-able."""
+    return {
+        f.name: getattr(module, f.name)
+        for f in dataclasses.fields(module)
+        if f.name not in ("name", "parent", "num_classes")
+        and isinstance(getattr(module, f.name), bool | int | float | str)
+    }
+
+
 def save_variables(
     path, name: str, module: nn.Module, variables: dict, *, meta: dict | None = None
 ) -> None:
@@ -29,6 +40,7 @@ def save_variables(
         "model": name,
         "num_classes": int(module.num_classes),
         "meta": json.dumps(meta or {}, default=str),
+        "config": json.dumps(_config(module)),
         "variables": {k: v for k, v in variables.items() if k in ("params", "batch_stats")},
     }
     data = serialization.msgpack_serialize(payload, in_place=False)
@@ -45,5 +57,6 @@ def load_variables(path) -> tuple[str, nn.Module, dict, dict]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not an affjax variables file ({FORMAT})")
     name = payload["model"]
-    module = models.get_model(name, num_classes=payload["num_classes"])
+    config = json.loads(payload.get("config", "{}"))
+    module = models.get_model(name, num_classes=payload["num_classes"], **config)
     return name, module, payload["variables"], json.loads(payload["meta"])

@@ -97,7 +97,8 @@ def _template(module: nn.Module) -> dict:
     return {k: v for k, v in shapes.items() if k in ("params", "batch_stats")}
 
 
-def _merge(template: dict, state: dict[str, np.ndarray]) -> dict:
+def _merge(template: dict, state: dict[str, np.ndarray], ignore: tuple[str, ...] = ()) -> dict:
+    state = {k: v for k, v in state.items() if not k.startswith(ignore)} if ignore else state
     flat, treedef = jax.tree_util.tree_flatten_with_path(template)
     leaves, missing, misshaped, used = [], [], [], set()
     for keypath, spec in flat:
@@ -173,9 +174,11 @@ def convert(torch_model: torch.nn.Module, name: str | None = None) -> tuple[nn.M
     num_classes = _num_classes(state)
     errors = []
     for candidate in _candidates(torch_model, name):
-        module = models.get_model(candidate, num_classes=num_classes)
+        spec = registry.get(candidate)
+        config = spec.from_torch(torch_model) if spec.from_torch else {}
+        module = models.get_model(candidate, num_classes=num_classes, **config)
         try:
-            return module, _merge(_template(module), state)
+            return module, _merge(_template(module), state, spec.ignore_torch_keys)
         except ConversionError as err:
             errors.append(f"{candidate}: {err}")
     if len(errors) == 1:

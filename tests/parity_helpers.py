@@ -1,8 +1,13 @@
-"""Test helpers shared by top-level tests (seeded torchvision models, NHWC images)."""
+"""Test helpers shared by all test folders (seeded torchvision models, NHWC images, signatures)."""
 
+import jax
 import jax.numpy as jnp
 import torch
 import torchvision
+
+from affjax import METRICS, signature
+from converters.reference import reference_signature
+from converters.torchvision import convert
 
 
 def seeded_model(name: str, seed: int = 0) -> torch.nn.Module:
@@ -23,3 +28,39 @@ def seeded_model(name: str, seed: int = 0) -> torch.nn.Module:
 
 def nhwc_images(x: torch.Tensor) -> jnp.ndarray:
     return jnp.asarray(x.permute(0, 2, 3, 1).numpy())
+
+
+SIGNATURE_TOL = 1e-3  # per call, every metric (norm_diff relative)
+
+
+def compare_signature(
+    name: str, n: int, size: int, reduce: str = "reference", tol: float = SIGNATURE_TOL
+) -> tuple[list[dict], dict[str, float]]:
+    """Whole signature against the float64 PyTorch reference, every metric per call.
+
+    Returns the records and the worst per-metric deviation, so a test can also
+    assert on the measured error.
+    """
+    model = seeded_model(name)
+    module, variables = convert(model, name)
+    x = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(5))
+    ref = reference_signature(model, x, dtype=torch.float64)
+    with jax.default_matmul_precision("highest"):
+        sig = signature(module, variables, nhwc_images(x), reduce=reduce, chunk_size=64)
+    records = sig.records()
+    got = {(r["layer"], r["call"]): r for r in records}
+    want = {
+        (k, i): {m: v[m][i] for m in METRICS}
+        for k, v in ref.items()
+        for i in range(len(v["aff_score"]))
+    }
+    assert sorted(got) == sorted(want)
+    worst: dict[str, float] = {}
+    for site, w in want.items():
+        for m in METRICS:
+            g = got[site][m]
+            err = abs(g - w[m]) / (max(abs(w[m]), 1.0) if m == "norm_diff" else 1.0)
+            worst[m] = max(worst.get(m, 0.0), err)
+            assert err <= tol, f"{name} {site} {m}: affjax {g} vs reference {w[m]}"
+    assert all(r["status"] == "ok" for r in records)
+    return records, worst

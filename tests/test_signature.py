@@ -2,48 +2,18 @@
 
 import json
 
-import jax
 import numpy as np
 import pytest
 import torch
-from parity_helpers import nhwc_images, seeded_model
+from parity_helpers import compare_signature, nhwc_images, seeded_model
 
-from affjax import METRICS, SignatureError, signature
+from affjax import SignatureError, signature
 from affjax import capture as capture_lib
-from converters.reference import reference_signature
 from converters.torchvision import convert
-
-TOL = 1e-3  # per call, every metric (norm_diff relative)
-
-
-def _compare(name: str, n: int, size: int, reduce: str = "reference"):
-    model = seeded_model(name)
-    module, variables = convert(model, name)
-    x = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(5))
-    ref = reference_signature(model, x, dtype=torch.float64)
-    with jax.default_matmul_precision("highest"):
-        sig = signature(module, variables, nhwc_images(x), reduce=reduce, chunk_size=64)
-    records = sig.records()
-    got = {(r["layer"], r["call"]): r for r in records}
-    want = {
-        (k, i): {m: v[m][i] for m in METRICS}
-        for k, v in ref.items()
-        for i in range(len(v["aff_score"]))
-    }
-    assert sorted(got) == sorted(want)
-    worst = {}
-    for site, w in want.items():
-        for m in METRICS:
-            g = got[site][m]
-            err = abs(g - w[m]) / (max(abs(w[m]), 1.0) if m == "norm_diff" else 1.0)
-            worst[m] = max(worst.get(m, 0.0), err)
-            assert err <= TOL, f"{name} {site} {m}: affjax {g} vs reference {w[m]}"
-    assert all(r["status"] == "ok" for r in records)
-    return records, worst
 
 
 def test_resnet18_signature_matches_reference():
-    records, _ = _compare("resnet18", n=128, size=64)
+    records, _ = compare_signature("resnet18", n=128, size=64)
     layers = [r["layer"] for r in records]
     # execution order, repeated block relu calls interleaved, reference key names
     assert layers[:5] == [
@@ -58,7 +28,7 @@ def test_resnet18_signature_matches_reference():
 
 
 def test_alexnet_signature_matches_reference():
-    records, _ = _compare("alexnet", n=128, size=64)
+    records, _ = compare_signature("alexnet", n=128, size=64)
     assert [r["layer"] for r in records] == [
         "features.1_ReLU",
         "features.4_ReLU",
@@ -71,7 +41,7 @@ def test_alexnet_signature_matches_reference():
 
 
 def test_densenet121_signature_matches_reference():
-    records, _ = _compare("densenet121", n=128, size=32)
+    records, _ = compare_signature("densenet121", n=128, size=32)
     assert len(records) == 1 + 2 * (6 + 12 + 24 + 16) + 3
 
 

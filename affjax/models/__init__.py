@@ -25,6 +25,9 @@ for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         importlib.import_module(f"{__name__}.{_info.name}")
 
 
-def get_model(name: str, *, num_classes: int = 1000) -> nn.Module:
-    """Flax module for a torchvision model name (see :func:`list_models`)."""
-    return registry.get(name).build(num_classes=num_classes)
+def get_model(name: str, *, num_classes: int = 1000, **config) -> nn.Module:
+    """Flax module for a torchvision model name (see :func:`list_models`).
+
+    ``config``: preset overrides the family accepts (e.g. ``transform_input``).
+    """
+    return registry.get(name).build(num_classes=num_classes, **config)

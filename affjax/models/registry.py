@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 
@@ -29,6 +29,12 @@ class ModelSpec(NamedTuple):
     # Activation calls are all torch.nn.functional calls (GoogLeNet, Inception-v3):
     # the reference's signature is empty, `functional=True` gives the full one.
     functional_only: bool = False
+    # kwargs for ``build`` read off a torchvision instance (``transform_input``,
+    # ``image_size``...): attribute reads only, so affjax stays torch-free.
+    from_torch: Callable[[Any], dict] | None = None
+    # state_dict key prefixes of modules unused in eval (GoogLeNet's ``aux1.``)
+    # that the converter drops instead of reporting them unexpected.
+    ignore_torch_keys: tuple[str, ...] = ()
 
 
 class UnknownModelError(ValueError):
@@ -45,10 +51,14 @@ def register(
     *,
     torch_class: str,
     functional_only: bool = False,
+    from_torch: Callable[[Any], dict] | None = None,
+    ignore_torch_keys: tuple[str, ...] = (),
 ) -> None:
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} registered twice")
-    _REGISTRY[name] = ModelSpec(name, family, build, torch_class, functional_only)
+    _REGISTRY[name] = ModelSpec(
+        name, family, build, torch_class, functional_only, from_torch, tuple(ignore_torch_keys)
+    )
 
 
 def specs() -> list[ModelSpec]:
