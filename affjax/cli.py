@@ -8,6 +8,7 @@ without torch can still run ``affjax signature --variables FILE --images FILE``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -76,6 +77,54 @@ def _cmd_score_demo(args) -> int:
     for case, published, ours in demo_rows(args.solver):
         print(f"{case:40s} {published:9.2f} {ours:9.4f}")
     return 0
+
+
+def file_sha256(path) -> str:
+    """Content hash of a file (images, variables, weights): part of the resume key."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _settings(args, name: str, dataset: str, info: dict) -> dict:
+    """Everything that can change a record: the resume key and the JSON's settings.
+
+    A finished batch of an interrupted run is reused only when these are equal,
+    so a changed model, input file (by content), data folder or setting recomputes.
+    """
+    from affjax import __version__
+    from affjax import precision as precision_lib
+    from affjax.solvers import assignment
+
+    settings = {
+        "affjax": __version__,
+        "model": name,
+        "dataset": dataset,
+        "batch_size": args.batch_size,
+        "batch_id": args.batch_id,
+        "seed": args.seed,
+        "reduce": args.reduce,
+        "metrics": list(args.metrics),
+        "solver": assignment.resolve_solver(args.solver),
+        "dtype": precision_lib.resolve(args.precision),
+        "functional": args.functional,
+        "chunk_size": args.chunk_size,
+        "weights": info.get("weights"),
+    }
+    if args.images:
+        if Path(args.images).is_file():  # else _batches says what is missing
+            settings["images_sha256"] = file_sha256(args.images)
+    elif dataset.lower() == "random":
+        settings["num_random"] = args.num_random
+    else:
+        settings["data_dir"] = str(Path(args.data_dir).resolve())
+    if args.variables:
+        settings["variables_sha256"] = file_sha256(args.variables)
+    elif args.weights not in ("random", None) and Path(args.weights).is_file():
+        settings["weights_sha256"] = file_sha256(args.weights)
+    return settings
 
 
 def _check_out_dir(out: Path) -> None:
@@ -170,24 +219,13 @@ def _cmd_signature(args) -> int:
     source = Path(args.images).stem if args.images else args.dataset  # no ':' in file names
     stem = f"{name}_{source}_{args.batch_size}_{args.batch_id}"
     partial_dir = out / f".{stem}.partial"
-    settings = {
-        "model": name,
-        "dataset": dataset,
-        "batch_size": args.batch_size,
-        "batch_id": args.batch_id,
-        "seed": args.seed,
-        "reduce": args.reduce,
-        "metrics": args.metrics,
-        "solver": args.solver,
-        "precision": args.precision,
-        "functional": args.functional,
-        "weights": info.get("weights"),
-    }
+    settings = _settings(args, name, dataset, info)
     if args.rerun and partial_dir.exists():
         for f in partial_dir.glob("batch_*.json"):
             f.unlink()
     partial_dir.mkdir(exist_ok=True)
-    (partial_dir / "settings.json").write_text(json.dumps(settings, sort_keys=True))
+    with reports.atomic_write(partial_dir / "settings.json") as f:
+        json.dump(settings, f, sort_keys=True)
 
     records, timings = [], {"load_s": t_load, "batches": {}}
     batches = list(_batches(args, name))
@@ -219,7 +257,12 @@ def _cmd_signature(args) -> int:
     meta = {
         **settings,
         "info": info,
-        "provenance": {**reports.provenance(), "dtype": args.precision},
+        "provenance": {
+            **reports.provenance(),
+            "dtype": settings["dtype"],
+            "solver": settings["solver"],
+            **{k: v for k, v in settings.items() if k.endswith("_sha256")},
+        },
         "timings": {**timings, "total_s": time.perf_counter() - t0},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -93,19 +93,30 @@ def read_json(path) -> dict:
 
 
 def provenance() -> dict:
-    """Versions and device, for the JSON's metadata."""
-    import flax
+    """Versions and the device actually used, for the JSON's metadata."""
+    import sys
+    from importlib import metadata
+
     import jax
 
-    info = {
+    versions = {}
+    for package in ("affjax", "jax", "jaxlib", "flax", "numpy", "scipy", "torch", "torchvision"):
+        # torch only when this process imported it (a torch-free run says so by omission)
+        if package in ("torch", "torchvision") and package not in sys.modules:
+            continue
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    device = jax.devices()[0]
+    return {
         "python": platform.python_version(),
-        "jax": jax.__version__,
-        "flax": flax.__version__,
+        **versions,
         "backend": jax.default_backend(),
-        "device": str(jax.devices()[0].device_kind),
+        "device": str(device.device_kind),
+        "device_count": jax.device_count(),
         "platform": platform.platform(),
     }
-    return info
 
 
 def plot_signature(

@@ -1,6 +1,7 @@
 """PSD roots and the Bures map: closed-form properties in float64."""
 
 import jax
+import mpmath
 import numpy as np
 import pytest
 
@@ -47,17 +48,44 @@ def test_bures_map_of_commuting_diagonals():
     np.testing.assert_allclose(a, np.diag(np.sqrt(np.diag(sy) / np.diag(sx))), atol=1e-12)
 
 
-def test_float64_cholesky_form_equals_published_form():
-    # float64 takes A = G G^T from a Cholesky factor of Sx; the published form
-    # (two eigh, pseudo-inverse) must give the same matrix. With condition
-    # numbers 2e4 and 5e4 the published form is the less accurate of the two
-    # (measured residual of A Sx A = Sy: 3e-15 against 6e-13, difference 2e-10).
-    sx, sy = _spd(30, 4), _spd(30, 5, rank=10)
+def _bures_exact(sx, sy, digits=60):
+    """A = Sy^1/2 (Sy^1/2 Sx Sy^1/2)^-1/2 Sy^1/2 in ``digits``-digit arithmetic (mpmath)."""
+
+    def sqrt_and_inv(m):
+        w, v = mpmath.eigsy(m)
+        root = v * mpmath.diag([mpmath.sqrt(x) for x in w]) * v.T
+        inv = v * mpmath.diag([1 / mpmath.sqrt(x) for x in w]) * v.T
+        return root, inv
+
+    with mpmath.workdps(digits):
+        sx_m, sy_m = mpmath.matrix(sx.tolist()), mpmath.matrix(sy.tolist())
+        ry, _ = sqrt_and_inv(sy_m)
+        _, inner = sqrt_and_inv(ry * sx_m * ry)
+        a = ry * inner * ry
+        return np.array(a.tolist(), dtype=float)
+
+
+def test_both_forms_against_a_60_digit_bures_map():
+    # The float64 Cholesky form and the published form (two eigh, pseudo-inverse)
+    # are each compared with the map computed in 60-digit arithmetic, not with each
+    # other: the published form's error depends on the LAPACK build (one machine
+    # differed from the Cholesky form by 7e-10 here, this one by 2e-10).
+    # Bounds, relative to max|A|, with eps = 2.2e-16 and kappa = cond(Sx) ~ cond(Sy):
+    # the Cholesky form is backward stable in Sx and Sy, error <= d * eps * kappa;
+    # the published form squares the conditioning (Sy^1/2 Sx Sy^1/2), <= d * eps * kappa^2.
+    # Measured here (d = 12, kappa 7e3 / 1.5e4): 3e-13 and 3e-10 (bounds 4e-11, 6e-7).
+    sx, sy = _spd(12, 4), _spd(12, 5, rank=4)
+    exact = _bures_exact(sx, sy)
     with jax.enable_x64(True):
-        a = np.asarray(msr.bures_map(sx, sy))
-        b = np.asarray(msr._bures_roots(sx, sy))
-    np.testing.assert_allclose(a, b, rtol=0, atol=1e-9 * np.abs(b).max())
-    assert _residual(a, sx, sy) < 1e-13
+        chol = np.asarray(msr.bures_map(sx, sy))
+        published = np.asarray(msr._bures_roots(sx, sy))
+    eps, d = np.finfo(np.float64).eps, sx.shape[0]
+    kappa = max(np.linalg.cond(sx), np.linalg.cond(sy))
+    scale = np.abs(exact).max()
+    assert np.abs(chol - exact).max() <= d * eps * kappa * scale
+    assert np.abs(published - exact).max() <= d * eps * kappa**2 * scale
+    # and the Cholesky form is the more accurate one on this problem
+    assert np.abs(chol - exact).max() < np.abs(published - exact).max()
 
 
 def _residual(a, sx, sy):
