@@ -38,7 +38,6 @@ imports torch; ``affjax`` only ever sees the NumPy arrays.
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -49,6 +48,8 @@ import torch
 import torchvision
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
+
+from converters import weights as weights_lib
 
 __all__ = [
     "DATASETS",
@@ -70,11 +71,6 @@ _RANDOM_SHAPE = (3, 256, 256)
 
 # Advice reused by the "not found" messages.
 _DOWNLOAD_HINT = "Pass --download (download=True) on a machine with a network"
-_LIST_MODELS_HINT = (
-    'run `python -c "import torchvision; '
-    'print(torchvision.models.list_models(module=torchvision.models))"` '
-    "to see the supported names"
-)
 
 
 class DataError(Exception):
@@ -90,30 +86,6 @@ class DataError(Exception):
 # ---------------------------------------------------------------------------
 
 
-def _classification_models() -> list[str]:
-    # ``module=torchvision.models`` restricts the registry to image
-    # classifiers; detection / segmentation / video models are registered too
-    # but their preset transforms do not resize to a fixed size, so batches of
-    # them could not be stacked.
-    return torchvision.models.list_models(module=torchvision.models)
-
-
-def _weights_enum(model_name: str):
-    """Returns the ``WeightsEnum`` class of a torchvision classifier.
-
-    Raises:
-        DataError: ``model_name`` is not a torchvision image classifier.
-    """
-    names = _classification_models()
-    if model_name not in names:
-        close = difflib.get_close_matches(model_name, names, n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise DataError(
-            f"Unknown torchvision classification model {model_name!r}{hint}; {_LIST_MODELS_HINT}."
-        )
-    return torchvision.models.get_model_weights(model_name)
-
-
 def preprocess_for(model_name: str, weights=None) -> Callable:
     """Returns the preset transforms of a torchvision classifier's weights.
 
@@ -124,11 +96,9 @@ def preprocess_for(model_name: str, weights=None) -> Callable:
 
     Args:
         model_name: A torchvision classification model name, e.g. ``"resnet18"``.
-        weights: ``None`` or ``"random"`` (randomly initialised model: use the
-            DEFAULT weights' transforms, which is what the network would be
-            evaluated with), a member name of the model's weights enum
-            (``"DEFAULT"``, ``"IMAGENET1K_V1"``, ...), a fully qualified name
-            (``"ResNet18_Weights.IMAGENET1K_V1"``) or a ``WeightsEnum`` member.
+        weights: as :func:`converters.weights.resolve`: ``None`` or ``"random"``
+            (the DEFAULT weights' transforms, which is what the network would be
+            evaluated with), a member name, a qualified name or a member.
 
     Returns:
         The callable ``weights.transforms(antialias=True)``.
@@ -136,28 +106,10 @@ def preprocess_for(model_name: str, weights=None) -> Callable:
     Raises:
         DataError: Unknown model, or weights that do not exist for it.
     """
-    enum = _weights_enum(model_name)
-    if weights is None or (isinstance(weights, str) and weights.lower() == "random"):
-        chosen = enum.DEFAULT
-    elif isinstance(weights, enum):
-        chosen = weights
-    elif isinstance(weights, str):
-        # Accept both "IMAGENET1K_V1" and "ResNet18_Weights.IMAGENET1K_V1".
-        enum_name, _, member = weights.rpartition(".")
-        if enum_name and enum_name != enum.__name__:
-            raise DataError(
-                f"Weights {weights!r} do not belong to model {model_name!r} "
-                f"(its weights are {enum.__name__}.*)."
-            )
-        try:
-            chosen = enum[member]
-        except KeyError:
-            raise DataError(
-                f"Model {model_name!r} has no weights {weights!r}; choose one of "
-                f"{', '.join(enum.__members__)} or 'random'."
-            ) from None
-    else:
-        raise DataError(f"Weights must be a name or None, got {type(weights).__name__}.")
+    try:
+        chosen = weights_lib.resolve(model_name, weights)
+    except weights_lib.WeightsError as err:
+        raise DataError(str(err)) from None
     # ``antialias=True`` mirrors the reference; it is already the default of
     # ``ImageClassification`` in recent torchvision, but older releases warned
     # (or disagreed between PIL and tensor inputs) without it.

@@ -36,6 +36,8 @@ import torchvision
 
 from affjax import models
 from affjax.models import registry
+from converters.weights import WeightsError, model_info
+from converters.weights import resolve as resolve_weights
 
 __all__ = [
     "ConversionError",
@@ -60,10 +62,6 @@ _IGNORED_SUFFIXES = ("num_batches_tracked",)
 
 class ConversionError(ValueError):
     """The torch state_dict does not fit the Flax module."""
-
-
-class WeightsError(RuntimeError):
-    """Weights could not be obtained (offline, bad path, unknown name)."""
 
 
 def flax_to_torch_key(path: tuple[str, ...]) -> str:
@@ -197,33 +195,6 @@ class Loaded(NamedTuple):
     info: dict  # provenance: weights, acc@1/acc@5 when known, params, depth
 
 
-def model_info(torch_model: torch.nn.Module, weights: Any = None) -> dict:
-    """The reference's per-model metadata: parameter counts, depth, accuracy."""
-    info = {
-        "total_params": sum(p.numel() for p in torch_model.parameters()),
-        "trainable_total_params": sum(
-            p.numel() for p in torch_model.parameters() if p.requires_grad
-        ),
-        "depth": len(list(torch_model.named_modules())),
-    }
-    if weights is not None:
-        metrics = weights.meta.get("_metrics", {}).get("ImageNet-1K", {})
-        info["acc@1"] = metrics.get("acc@1")
-        info["acc@5"] = metrics.get("acc@5")
-    return info
-
-
-def _weights_enum(name: str, weights: str):
-    enum = torchvision.models.get_model_weights(name)
-    try:
-        return enum[weights] if weights != "DEFAULT" else enum.DEFAULT
-    except KeyError:
-        options = ", ".join(["DEFAULT", *enum.__members__, "random", "<path to state_dict>"])
-        raise WeightsError(
-            f"unknown weights {weights!r} for {name}; choose one of {options}"
-        ) from None
-
-
 def load(name: str, weights: str = "DEFAULT", *, seed: int = 0) -> Loaded:
     """Builds a supported torchvision model with weights and converts it.
 
@@ -259,7 +230,7 @@ def load(name: str, weights: str = "DEFAULT", *, seed: int = 0) -> Loaded:
         except RuntimeError as err:
             raise WeightsError(f"{path} does not fit {name}: {err}") from err
     else:
-        weights_enum = _weights_enum(name, weights)
+        weights_enum = resolve_weights(name, weights)
         try:
             torch_model = torchvision.models.get_model(name, weights=weights_enum)
         except Exception as err:  # noqa: BLE001 - urllib/OSError/RuntimeError when offline
