@@ -53,9 +53,17 @@ def load_variables(path) -> tuple[str, nn.Module, dict, dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"variables file {path} not found (make one with `affjax convert`)")
-    payload = serialization.msgpack_restore(path.read_bytes())
+    try:
+        payload = serialization.msgpack_restore(path.read_bytes())
+    except Exception as err:  # noqa: BLE001 - msgpack raises many types on garbage
+        raise ValueError(
+            f"{path} is not an affjax variables file ({FORMAT}; unreadable: {err}); "
+            "make one with `affjax convert`"
+        ) from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an affjax variables file ({FORMAT})")
+        raise ValueError(
+            f"{path} is not an affjax variables file ({FORMAT}); make one with `affjax convert`"
+        )
     name = payload["model"]
     config = json.loads(payload.get("config", "{}"))
     module = models.get_model(name, num_classes=payload["num_classes"], **config)

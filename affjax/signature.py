@@ -23,7 +23,15 @@ from affjax.capture import Call, capture
 from affjax.score import _score
 from affjax.solvers import assignment
 
-__all__ = ["METRICS", "REDUCTIONS", "Signature", "SignatureError", "score_calls", "signature"]
+__all__ = [
+    "METRICS",
+    "REDUCTIONS",
+    "Signature",
+    "SignatureError",
+    "ill_posed_metrics",
+    "score_calls",
+    "signature",
+]
 
 #: Per-call metrics, named as in the reference's output.
 METRICS = (
@@ -39,6 +47,25 @@ METRICS = (
 )
 REDUCTIONS = ("reference", "channels")
 
+
+def ill_posed_metrics(n: int, d: int, rec: dict) -> list[str]:
+    """Side metrics of a call that are undefined under its conditions (recorded as NaN).
+
+    * ``r2_score``: least squares of ``d`` outputs on ``d`` inputs plus an
+      intercept. With ``n <= d + 1`` samples the fit is exact in exact arithmetic
+      and the number returned depends only on the rank cutoff and the dtype (the
+      published float32 code gave 0.40 where float64 gives 0.86 on one DenseNet
+      layer), so it is not comparable across tools or runs.
+    * ``cka_score``: undefined (0 / 0) when the input or the output is constant
+      over the batch.
+    """
+    bad = []
+    if "r2_score" in rec and n <= d + 1:
+        bad.append("r2_score")
+    if "cka_score" in rec and not np.isfinite(rec["cka_score"]) and rec.get("finite", True):
+        bad.append("cka_score")
+    return bad
+
 # Largest stack of [n, n] cost matrices scored in one vmapped call (memory).
 _MAX_GROUP_BYTES = 2 << 30
 
@@ -50,8 +77,12 @@ class SignatureError(ValueError):
 def _bucket(d: int) -> int:
     """Width a call of width ``d`` is zero-padded to, so nearby widths share a compile.
 
-    Two buckets per octave above 64 (at most 50 % padding, usually far less);
-    widths of powers of two and multiples of 64 below 128 are kept as they are.
+    Up to 64: 1, 2, 4, 8, 16, 32 are kept, other widths round up to a multiple
+    of 16 (3 -> 16, 33 -> 48). Above 64: a multiple of ``max(64, 2**(k - 2))``
+    for ``2**(k - 1) <= d < 2**k``, i.e. two buckets per octave from 128 on
+    (129 -> 192, 200 -> 256, 257 -> 384). The worst cases pad a lot (3 -> 16,
+    65 -> 128, 129 -> 192); padding is exact (tests/test_score.py) and only
+    costs flops.
     DenseNet-121's 31 distinct widths (64...1024 by 32) fall into 8 buckets.
     """
     if d <= 64:
@@ -193,6 +224,10 @@ def score_calls(
         for extra in ("w2", "gap"):
             if extra in r:
                 rec[extra] = float(r[extra])
+        ill = ill_posed_metrics(rec["n"], rec["d"], {**rec, "finite": r.get("finite", True)})
+        for m in ill:
+            rec[m] = float("nan")
+        rec["ill_posed"] = " ".join(ill)
         if "degenerate" in r:
             rec["degenerate"] = bool(r["degenerate"])
         rec["status"] = _status(r)

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from optional import requires_torch
 
 from affjax import cli
 
@@ -31,6 +32,7 @@ BASE = [
 ]
 
 
+@requires_torch
 def test_signature_run_writes_csv_json_png(tmp_path, capsys):
     assert cli.main([*BASE, "--out", str(tmp_path)]) == 0
     stem = tmp_path / "resnet18_random_4_0"
@@ -47,6 +49,7 @@ def test_signature_run_writes_csv_json_png(tmp_path, capsys):
     assert not list(tmp_path.glob(".*partial"))  # cleaned up after a complete run
 
 
+@requires_torch
 def test_interrupted_run_resumes(tmp_path, monkeypatch):
     real = signature_lib.signature
     calls = []
@@ -71,6 +74,7 @@ def test_interrupted_run_resumes(tmp_path, monkeypatch):
     assert [r["batch"] for r in records] == [0] * 17 + [1] * 17
 
 
+@requires_torch
 @pytest.mark.parametrize(
     "argv,message",
     [
@@ -136,6 +140,7 @@ def test_affjax_never_imports_torch():
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
 
+@requires_torch
 def test_convert_then_torch_free_signature(tmp_path):
     variables = tmp_path / "r18.msgpack"
     assert cli.main(["convert", "resnet18", "--weights", "random", "--out", str(variables)]) == 0
@@ -167,3 +172,150 @@ def test_convert_then_torch_free_signature(tmp_path):
     want = signature_lib.signature(module, v, images[3:], metrics=("aff_score",)).scores()
     got = [r["aff_score"] for r in payload["records"][17:]]
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- torch-free runs
+
+
+@pytest.fixture(scope="module")
+def small_inputs(tmp_path_factory):
+    """resnet18 variables (random, made without torch) and 12 images of 32 px, on disk."""
+    import jax
+
+    from affjax.checkpoint import save_variables
+    from affjax.models import get_model
+
+    tmp = tmp_path_factory.mktemp("inputs")
+    module = get_model("resnet18")
+    shapes = jax.eval_shape(
+        module.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 32, 32, 3), "float32")
+    )
+    rng = np.random.default_rng(0)
+
+    def fill(path, leaf):
+        value = 0.1 * rng.standard_normal(leaf.shape).astype(np.float32)
+        return np.abs(value) + 0.5 if path[-1].key == "var" else value
+
+    variables = {
+        k: jax.tree_util.tree_map_with_path(fill, shapes[k]) for k in ("params", "batch_stats")
+    }
+    save_variables(tmp / "r18.msgpack", "resnet18", module, variables)
+    images = rng.normal(size=(12, 32, 32, 3)).astype(np.float32)
+    np.save(tmp / "images.npy", images)
+    return tmp / "r18.msgpack", tmp / "images.npy"
+
+
+def _argv(variables, images, out, *extra):
+    return [
+        "signature", "--variables", str(variables), "--images", str(images),
+        "--batch-size", "4", "--batch-id", "-1", "--metrics", "aff_score", "--quiet",
+        "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+def _records(out, images="images"):
+    return json.loads((out / f"resnet18_{images}_4_-1.json").read_text())
+
+
+def test_provenance_records_what_ran(small_inputs, tmp_path):
+    from affjax.cli import file_sha256
+
+    variables, images = small_inputs
+    assert cli.main(_argv(variables, images, tmp_path)) == 0
+    meta = _records(tmp_path)["meta"]
+    prov = meta["provenance"]
+    assert prov["dtype"] == "float64" and prov["solver"] == "host"  # "auto" resolved on CPU
+    assert prov["backend"] == "cpu" and prov["device"]
+    assert {"affjax", "jax", "jaxlib", "flax", "numpy", "scipy"} <= set(prov)
+    assert prov["images_sha256"] == file_sha256(images)
+    assert prov["variables_sha256"] == file_sha256(variables)
+
+
+def test_changed_input_or_setting_recomputes(small_inputs, tmp_path, monkeypatch):
+    variables, images = small_inputs
+    real = signature_lib.signature
+    calls = []
+
+    def interrupt_after_one(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    # same file name, new content: the finished batch 0 must not be reused
+    local = tmp_path / "images.npy"
+    local.write_bytes(images.read_bytes())
+    monkeypatch.setattr(signature_lib, "signature", interrupt_after_one)
+    assert cli.main(_argv(variables, local, tmp_path / "out")) == 130
+    stale = _records_partial(tmp_path / "out")
+    np.save(local, 2.0 * np.load(images))
+    calls.clear()
+    monkeypatch.setattr(
+        signature_lib, "signature", lambda *a, **k: (calls.append(1), real(*a, **k))[1]
+    )
+    assert cli.main(_argv(variables, local, tmp_path / "out")) == 0
+    assert len(calls) == 3  # every batch recomputed
+    fresh = [r for r in _records(tmp_path / "out")["records"] if r["batch"] == 0]
+    assert [r["aff_score"] for r in fresh] != [r["aff_score"] for r in stale]
+
+    # a changed setting recomputes too
+    monkeypatch.setattr(signature_lib, "signature", interrupt_after_one)
+    calls.clear()
+    assert cli.main(_argv(variables, local, tmp_path / "out2")) == 130
+    calls.clear()
+    monkeypatch.setattr(
+        signature_lib, "signature", lambda *a, **k: (calls.append(1), real(*a, **k))[1]
+    )
+    assert cli.main(_argv(variables, local, tmp_path / "out2", "--chunk-size", "2")) == 0
+    assert len(calls) == 3
+
+
+def _records_partial(out):
+    (part,) = out.glob(".*partial/batch_00000.json")
+    return json.loads(part.read_text())["records"]
+
+
+def test_sigkill_then_resume_equals_uninterrupted(small_inputs, tmp_path):
+    import os
+    import signal
+    import time
+
+    variables, images = small_inputs
+    whole = tmp_path / "whole"
+    assert cli.main(_argv(variables, images, whole)) == 0
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "affjax.cli", *_argv(variables, images, killed)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not list(killed.glob(".*partial/batch_00000.json")):
+        assert proc.poll() is None, "finished before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "resnet18_images_4_-1.json").exists()
+    assert cli.main(_argv(variables, images, killed)) == 0
+    assert _records(killed)["records"] == _records(whole)["records"]
+
+
+def test_corrupt_checkpoint_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.msgpack"
+    bad.write_bytes(b"\x93not a checkpoint")
+    images = tmp_path / "i.npy"
+    np.save(images, np.zeros((4, 8, 8, 3), np.float32))
+    assert cli.main(_argv(bad, images, tmp_path / "out")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not an affjax variables file" in err[0]
+
+
+def test_nonfinite_images_give_nan_records_and_exit_2(small_inputs, tmp_path, capsys):
+    variables, images = small_inputs
+    bad = np.load(images)
+    bad[5, 0, 0, 0] = np.nan  # batch 1
+    np.save(tmp_path / "nan.npy", bad)
+    assert cli.main(_argv(variables, tmp_path / "nan.npy", tmp_path / "out")) == 2
+    assert "could not be scored" in capsys.readouterr().err
+    records = _records(tmp_path / "out", "nan")["records"]
+    assert {r["status"] for r in records if r["batch"] == 1} == {"nonfinite"}
+    assert all(r["aff_score"] is None for r in records if r["batch"] == 1)  # NaN in JSON
+    assert all(r["status"] == "ok" for r in records if r["batch"] != 1)

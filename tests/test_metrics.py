@@ -3,11 +3,15 @@
 import jax
 import numpy as np
 import pytest
-import torch
-from sklearn.linear_model import LinearRegression
+from optional import HAVE_TORCH_EXTRA, requires_torch
 
 from affjax import metrics
-from converters import reference
+
+if HAVE_TORCH_EXTRA:
+    import torch
+    from sklearn.linear_model import LinearRegression
+
+    from converters import reference
 
 
 def _data(n, d, seed, ill=False):
@@ -18,6 +22,7 @@ def _data(n, d, seed, ill=False):
     return x, np.maximum(x + 0.3, 0) + 0.01 * rng.normal(size=(n, d))
 
 
+@requires_torch
 @pytest.mark.parametrize(
     "n,d,ill", [(100, 10, False), (64, 64, False), (50, 80, False), (128, 32, True)]
 )
@@ -36,6 +41,7 @@ def test_metrics_match_reference(n, d, ill):
     assert got["r2"] == pytest.approx(reference.r2_score(x, y, dtype=f64), abs=1e-8)
 
 
+@requires_torch
 @pytest.mark.parametrize("d", [1, 7, 64])
 def test_entropy_matches_torch_histc(d):
     x = np.random.default_rng(d).normal(size=(40, d)).astype(np.float32)
@@ -50,6 +56,7 @@ def test_entropy_closed_forms():
     assert float(metrics.entropy(np.full((1, d), 3.0, np.float32))) == pytest.approx(np.log(d))
 
 
+@requires_torch
 def test_sparsity_counts_small_entries():
     t = np.array([0.0, 1e-3, -1e-3, 2e-3, -5.0, 1e-4, 0.5, 1.0], np.float32).reshape(2, 2, 2)
     assert float(metrics.sparsity(t)) == pytest.approx(4 / 8)

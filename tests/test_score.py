@@ -5,11 +5,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
+from optional import HAVE_TORCH_EXTRA, requires_torch
 
 from affjax import affinity_score
 from affjax.cli import demo_rows
-from converters.reference import rho_aff
+
+if HAVE_TORCH_EXTRA:
+    import torch
+
+    from converters.reference import rho_aff
 
 
 def _affine(n, d, seed):
@@ -90,6 +94,7 @@ def _float64_bound(x, y):
     return 4 * eps * (kappa + n)
 
 
+@requires_torch
 @pytest.mark.parametrize("n,d,act", _PARITY_CASES)
 @pytest.mark.parametrize("shrinkage", [False, True])
 def test_matches_pytorch_reference_float64(n, d, act, shrinkage):
@@ -101,6 +106,7 @@ def test_matches_pytorch_reference_float64(n, d, act, shrinkage):
     assert abs(got - want) <= _float64_bound(x, y), (n, d, act)
 
 
+@requires_torch
 @pytest.mark.slow
 @pytest.mark.parametrize("d", [64, 512])
 def test_matches_pytorch_reference_n2048(d):
@@ -198,6 +204,7 @@ def test_non_finite_input_gives_flagged_nan(bad):
     assert np.isnan(float(r.score)) and not bool(r.finite)
 
 
+@requires_torch
 def test_constant_output_is_flagged_degenerate():
     x = np.random.default_rng(0).normal(size=(50, 4))
     r = affinity_score(x, np.full_like(x, 0.5))

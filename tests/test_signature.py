@@ -1,5 +1,9 @@
 """Signatures of converted models against the PyTorch reference, call by call."""
 
+from optional import skip_module_without_torch
+
+skip_module_without_torch()
+
 import json
 
 import numpy as np

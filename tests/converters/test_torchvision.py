@@ -1,5 +1,9 @@
 """converters.torchvision: strict merge, preset inference, weights loading offline."""
 
+from optional import skip_module_without_torch
+
+skip_module_without_torch()
+
 import jax
 import numpy as np
 import pytest

@@ -3,9 +3,12 @@
 import jax
 import numpy as np
 import pytest
-from sklearn.covariance import LedoitWolf
+from optional import HAVE_TORCH_EXTRA, requires_torch
 
 from affjax.math import covariance
+
+if HAVE_TORCH_EXTRA:
+    from sklearn.covariance import LedoitWolf
 
 
 @pytest.mark.parametrize("n,d", [(50, 1), (50, 3), (200, 40), (30, 100)])
@@ -17,6 +20,7 @@ def test_empirical_matches_numpy(n, d):
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
 
 
+@requires_torch
 @pytest.mark.parametrize("n,d", [(50, 1), (50, 3), (200, 40), (30, 100), (500, 8)])
 def test_ledoit_wolf_matches_sklearn(n, d):
     rng = np.random.default_rng(n * d)

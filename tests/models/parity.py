@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from optional import skip_module_without_torch
+
+skip_module_without_torch()
+
 import jax
 import numpy as np
 import torch

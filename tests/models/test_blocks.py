@@ -1,5 +1,9 @@
 """Shared torchvision blocks (Conv2dNormActivation, SqueezeExcitation) against torchvision.ops."""
 
+from optional import skip_module_without_torch
+
+skip_module_without_torch()
+
 import flax.linen as nn
 import jax
 import numpy as np

@@ -1,5 +1,9 @@
 """Torch-faithful pooling against torch.nn.functional, including ceil_mode corner cases."""
 
+from optional import skip_module_without_torch
+
+skip_module_without_torch()
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
