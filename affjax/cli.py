@@ -384,6 +384,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.command == "signature":
+        from affjax import compilation_cache
+
+        compilation_cache.enable()
     try:
         return args.fn(args)
     except KeyboardInterrupt:

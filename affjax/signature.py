@@ -66,6 +66,7 @@ def ill_posed_metrics(n: int, d: int, rec: dict) -> list[str]:
         bad.append("cka_score")
     return bad
 
+
 # Largest stack of [n, n] cost matrices scored in one vmapped call (memory).
 _MAX_GROUP_BYTES = 2 << 30
 

@@ -319,3 +319,31 @@ def test_nonfinite_images_give_nan_records_and_exit_2(small_inputs, tmp_path, ca
     assert {r["status"] for r in records if r["batch"] == 1} == {"nonfinite"}
     assert all(r["aff_score"] is None for r in records if r["batch"] == 1)  # NaN in JSON
     assert all(r["status"] == "ok" for r in records if r["batch"] != 1)
+
+
+def test_second_process_reads_the_compilation_cache(small_inputs, tmp_path):
+    import os
+
+    variables, images = small_inputs
+    # count JAX's persistent-cache hits in a fresh process running the command
+    code = (
+        "import sys, jax.monitoring as m; hits = [];"
+        "m.register_event_listener(lambda e, **k: hits.append(e) if e.endswith('cache_hits') "
+        "else None);"
+        "from affjax import cli; rc = cli.main(sys.argv[1:]); print('HITS', len(hits)); "
+        "sys.exit(rc)"
+    )
+    argv = [*_argv(variables, images, tmp_path / "out"), "--rerun"]
+
+    def hits(cache):
+        env = {**os.environ, "AFFJAX_CACHE_DIR": cache}
+        out = subprocess.run(
+            [sys.executable, "-c", code, *argv], env=env, check=True, capture_output=True, text=True
+        ).stdout
+        return int(out.split("HITS")[-1])
+
+    cache = str(tmp_path / "cache")
+    assert hits(cache) == 0  # cold: compiles and writes
+    assert os.listdir(cache)
+    assert hits(cache) >= 1  # warm: the forward pass (at least) comes from disk
+    assert hits("off") == 0
