@@ -101,7 +101,7 @@ def test_float32_mode_close_to_float64():
     x = rng.normal(size=(256, 32))
     y = np.tanh(x)
     r64 = affinity_score(x, y)
-    r32 = affinity_score(x, y, precision="float32")
+    r32 = affinity_score(x, y, dtype="float32")
     assert r32.score.dtype == jnp.float32
     # measured |diff| ~1e-7 on well-conditioned data (README: precision)
     assert float(r32.score) == pytest.approx(float(r64.score), abs=1e-4)
@@ -166,8 +166,8 @@ def test_bad_input_is_a_clear_error():
         affinity_score(np.ones((1, 2)), np.ones((1, 2)))
     with pytest.raises(ValueError, match=r"\[n, 1\]"):
         affinity_score(np.ones(5), np.ones(5))
-    with pytest.raises(ValueError, match="unknown precision"):
-        affinity_score(np.ones((5, 2)), np.ones((5, 2)), precision="float16")
+    with pytest.raises(ValueError, match="unknown dtype"):
+        affinity_score(np.ones((5, 2)), np.ones((5, 2)), dtype="float16")
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
@@ -199,3 +199,32 @@ def test_auction_backend_certifies_the_host_optimum(n, d):
     assert float(a.gap) <= 1e-6 * float(h.w2)  # certified within 1e-6 relative
     assert float(h.w2) - 1e-12 <= float(a.w2) <= float(h.w2) + float(a.gap) + 1e-12
     assert float(a.score) == pytest.approx(float(h.score), abs=1e-6)
+
+
+def test_precision_is_a_deprecated_alias_of_dtype():
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(40, 3))
+    y = np.tanh(x)
+    with pytest.warns(DeprecationWarning, match="use dtype="):
+        old = affinity_score(x, y, precision="float32")
+    new = affinity_score(x, y, dtype="float32")
+    assert old.score.dtype == jnp.float32
+    assert float(old.score) == float(new.score)
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="disagree"):
+        affinity_score(x, y, dtype="float64", precision="float32")
+
+
+def test_gap_above_rtol_is_uncertified_not_ok():
+    # float32 prices: the certificate's rounding allowance alone is ~1e-6 of the
+    # cost magnitude, so rtol = 1e-9 cannot be certified; the score is kept.
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(64, 8))
+    y = np.maximum(x, 0)
+    loose = affinity_score(x, y, solver="auction", dtype="float32", rtol=1e-9)
+    assert bool(loose.converged) and not bool(loose.certified)
+    assert float(loose.gap) > 1e-9 * float(loose.w2)
+    assert np.isfinite(float(loose.score))
+    exact = affinity_score(x, y, solver="host")
+    assert bool(exact.certified) and float(exact.gap) == 0.0
+    f64 = affinity_score(x, y, solver="auction", rtol=1e-6)
+    assert bool(f64.certified) and float(f64.gap) <= 1e-6 * float(f64.w2)
