@@ -38,6 +38,7 @@ def _model(name: str, seed: int):
 
         module = get_model(name)
         variables = module.init(jax.random.key(seed), np.zeros((1, 32, 32, 3), np.float32))
+        variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
         return module, variables, f"flax init, seed {seed}"
 
 
