@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from affjax import precision as precision_lib
 from affjax.models import layers, registry
 
 __all__ = ["Call", "call_order", "capture", "reference_key"]
@@ -72,9 +73,11 @@ def _call_order(module: nn.Module, image_shape: tuple[int, ...]) -> tuple:
     return tuple(order)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _forward(module, variables, images):
-    _, state = module.apply(variables, images, mutable=[layers.COLLECTION])
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _forward(module, variables, images, forward_precision="highest"):
+    # Traced inside the scope, so every conv and matmul carries its precision.
+    with precision_lib.matmul_scope(forward_precision):
+        _, state = module.apply(variables, images, mutable=[layers.COLLECTION])
     return state.get(layers.COLLECTION, {})
 
 
@@ -92,6 +95,7 @@ def capture(
     chunk_size: int | None = None,
     functional: bool = False,
     progress=None,
+    forward_precision: str = "highest",
 ) -> list[Call]:
     """Runs ``module`` on ``images`` and returns every activation call in order.
 
@@ -104,6 +108,8 @@ def capture(
         functional: also return ``torch.nn.functional`` call sites, which the
             reference does not see (keys ``"path:F.relu"``).
         progress: optional callable ``progress(done, total)`` after each chunk.
+        forward_precision: ``"highest"`` or ``"default"`` matmul/conv precision
+            (see :func:`affjax.signature.signature`).
 
     Returns:
         :class:`Call` list in execution order.
@@ -120,10 +126,10 @@ def capture(
             # Pad a short last chunk to the compiled shape (samples are
             # independent in eval mode) instead of compiling the forward again.
             pad = jnp.asarray(images[: step - m], jnp.float32)
-            state = _forward(module, variables, jnp.concatenate([chunk, pad]))
+            state = _forward(module, variables, jnp.concatenate([chunk, pad]), forward_precision)
             state = jax.tree.map(lambda a, m=m: a[:m], state)
         else:
-            state = _forward(module, variables, chunk)
+            state = _forward(module, variables, chunk, forward_precision)
         chunks.append(jax.device_get(state))
         if progress is not None:
             progress(min(start + step, n), n)

@@ -108,7 +108,9 @@ def _settings(args, name: str, dataset: str, info: dict) -> dict:
         "reduce": args.reduce,
         "metrics": list(args.metrics),
         "solver": assignment.resolve_solver(args.solver),
-        "dtype": precision_lib.resolve(args.precision),
+        "rtol": args.rtol,
+        "dtype": precision_lib.resolve(args.dtype),
+        "forward_precision": args.forward_precision,
         "functional": args.functional,
         "chunk_size": args.chunk_size,
         "weights": info.get("weights"),
@@ -204,12 +206,23 @@ def _batches(args, name):
         yield b, lambda b=b: next(data.iter_batches(dataset, args.batch_size, b))[1]
 
 
+def _dtype_option(args) -> None:
+    """--precision is the deprecated name of --dtype (JAX's precision is matmul passes)."""
+    if args.precision is not None:
+        if args.dtype not in (None, args.precision):
+            raise CliError(f"--dtype {args.dtype} and --precision {args.precision} disagree")
+        print("affjax: warning: --precision is deprecated; use --dtype", file=sys.stderr)
+        args.dtype = args.precision
+    args.dtype = args.dtype or "auto"
+
+
 def _cmd_signature(args) -> int:
     from tqdm import tqdm
 
     from affjax import reports
     from affjax.signature import Signature, signature
 
+    _dtype_option(args)
     out = Path(args.out)
     _check_out_dir(out)
     t0 = time.perf_counter()
@@ -247,8 +260,10 @@ def _cmd_signature(args) -> int:
             metrics=args.metrics,
             chunk_size=args.chunk_size,
             solver=args.solver,
-            precision=args.precision,
+            dtype=args.dtype,
+            forward_precision=args.forward_precision,
             functional=args.functional,
+            rtol=args.rtol,
         )
         batch_records = [{"batch": b, **r} for r in sig.records()]
         timings["batches"][b] = time.perf_counter() - t1
@@ -275,6 +290,18 @@ def _cmd_signature(args) -> int:
     partial_dir.rmdir()
     failed = result.failures()
     print(f"wrote {out / stem}.csv/.json/.png: {len(records)} calls", file=sys.stderr)
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    print("status: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), file=sys.stderr)
+    loose = result.uncertified()
+    if loose:
+        print(
+            f"affjax: warning: {len(loose)} call(s) are uncertified: the solver's gap is above "
+            f"rtol * w2 (first: {loose[0]['layer']}[{loose[0]['call']}]); their scores are kept, "
+            "see the gap column, a looser --rtol or float64",
+            file=sys.stderr,
+        )
     if failed:
         raise CliError(
             f"{len(failed)} call(s) could not be scored and are NaN in the outputs "
@@ -340,7 +367,31 @@ def _parser() -> argparse.ArgumentParser:
         help="images per forward pass (memory); default: whole batch",
     )
     s.add_argument("--solver", default="auto", choices=("auto", "host", "auction"))
-    s.add_argument("--precision", default="auto", choices=("auto", "float64", "float32"))
+    s.add_argument(
+        "--rtol",
+        type=float,
+        default=1e-6,
+        help="relative duality gap the auction must certify (else status 'uncertified')",
+    )
+    s.add_argument(
+        "--dtype",
+        default=None,
+        choices=("auto", "float64", "float32"),
+        help="dtype of the score math (default auto: float64, float32 on TPU)",
+    )
+    s.add_argument(
+        "--precision",
+        default=None,
+        choices=("auto", "float64", "float32"),
+        help="deprecated alias of --dtype",
+    )
+    s.add_argument(
+        "--forward-precision",
+        default="highest",
+        choices=("highest", "default"),
+        help="matmul/conv precision of the model forward: highest (float32 products) or "
+        "the platform default (bfloat16 passes on TPU, TF32 convs on GPU; faster, less exact)",
+    )
     s.add_argument(
         "--functional",
         action="store_true",

@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from affjax.math import covariance
+
 __all__ = [
     "R2_RCOND",
     "SPARSITY_THRESHOLD",
@@ -24,10 +26,6 @@ __all__ = [
 SPARSITY_THRESHOLD = 1e-3
 
 
-def _centered(x):
-    return x - jnp.mean(x, axis=0, keepdims=True)
-
-
 def cka(x: jax.Array, y: jax.Array) -> jax.Array:
     r"""Linear centred kernel alignment of ``x`` ``[n, d]`` and ``y`` ``[n, e]``.
 
@@ -39,7 +37,7 @@ def cka(x: jax.Array, y: jax.Array) -> jax.Array:
     feature form costs :math:`O(n d^2)` instead of :math:`O(n^2 d)`, the Gram
     form is used when ``d > n``.
     """
-    xc, yc = _centered(x), _centered(y)
+    xc, yc = covariance.centered(x), covariance.centered(y)
     if max(x.shape[1], y.shape[1]) > x.shape[0]:
         kx, ky = xc @ xc.T, yc @ yc.T
         hxy, hxx, hyy = jnp.sum(kx * ky), jnp.sum(kx * kx), jnp.sum(ky * ky)
@@ -114,7 +112,7 @@ def r2(x: jax.Array, y: jax.Array, rcond: float = R2_RCOND, dim=None) -> jax.Arr
     outputs (1 if also perfectly predicted, else 0). ``dim``: true width of
     zero-padded ``x`` and ``y`` (padded outputs are left out of the average).
     """
-    xc, yc = _centered(x), _centered(y)
+    xc, yc = covariance.centered(x), covariance.centered(y)
     u, s, _ = jnp.linalg.svd(xc, full_matrices=False)
     # Directions below rcond * s_max are treated as rank deficiency, as lstsq does.
     keep = s > max(rcond, jnp.finfo(x.dtype).eps * max(x.shape)) * s[0]

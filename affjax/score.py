@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from affjax import precision as precision_lib
-from affjax.math import covariance, matrix_square_root
+from affjax.math import costs, covariance, matrix_square_root
 from affjax.solvers import assignment, host
 
-__all__ = ["AffinityResult", "affinity_score", "DEGENERATE_TRACE"]
+__all__ = ["AffinityResult", "affinity", "affinity_score", "DEGENERATE_TRACE"]
 
 #: The published method maps to a constant when tr(Sy) <= DEGENERATE_TRACE * d.
 DEGENERATE_TRACE = 2e-6
@@ -39,6 +39,7 @@ class AffinityResult(NamedTuple):
     degenerate: jax.Array  # bool: tr(Sy) below threshold, A = 0
     finite: jax.Array  # bool: inputs were all finite
     converged: jax.Array  # bool: the assignment solver finished
+    certified: jax.Array  # bool: gap <= rtol * w2 (always True for the exact solvers)
 
 
 def _sorted_w2(t: jax.Array, y: jax.Array) -> jax.Array:
@@ -46,8 +47,21 @@ def _sorted_w2(t: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.mean((jnp.sort(t[:, 0]) - jnp.sort(y[:, 0])) ** 2)
 
 
-def _score(x, y, *, shrinkage: bool, solver: str, rtol: float, dim=None) -> AffinityResult:
-    """The score of ``[n, d]`` arrays.
+def affinity(
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    shrinkage: bool = False,
+    solver: str = "auto",
+    rtol: float = 1e-6,
+    dim=None,
+) -> AffinityResult:
+    """The score of ``[n, d]`` arrays: the traceable kernel of :func:`affinity_score`.
+
+    Pure and unchecked: computes in the dtype of ``x`` and ``y`` (create
+    float64 inputs inside ``jax.enable_x64``), works under ``jit``/``vmap``,
+    takes one ``[n, d]`` pair (``vmap`` it for more). Every matmul runs at
+    ``Precision.HIGHEST``, whatever the platform default.
 
     ``dim`` (may be traced) is the true dimension when the last ``d - dim``
     columns of both ``x`` and ``y`` are zero padding: such columns carry
@@ -55,6 +69,11 @@ def _score(x, y, *, shrinkage: bool, solver: str, rtol: float, dim=None) -> Affi
     below, so only the trace and the thresholds need the true dimension.
     Padding lets calls of nearby widths share one compiled function.
     """
+    with precision_lib.matmul_scope("highest"):
+        return _affinity(x, y, shrinkage=shrinkage, solver=solver, rtol=rtol, dim=dim)
+
+
+def _affinity(x, y, *, shrinkage, solver, rtol, dim) -> AffinityResult:
     n, d_arr = x.shape
     d = d_arr if dim is None else dim
     finite = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(y))
@@ -89,22 +108,26 @@ def _score(x, y, *, shrinkage: bool, solver: str, rtol: float, dim=None) -> Affi
         _, total = host.host_matching(tc, yc)
         w2, gap, converged = total / n, jnp.zeros_like(total), jnp.isfinite(total)
     else:
-        sq_t = jnp.sum(tc * tc, axis=1)
-        sq_y = jnp.sum(yc * yc, axis=1)
-        cost = jnp.maximum(sq_t[:, None] + sq_y[None, :] - 2.0 * tc @ yc.T, 0.0)
-        res = assignment.solve(cost, solver=solver, rtol=rtol)
-        w2, gap, converged = res.total / n, res.gap / n, res.converged
+        # The cost matrix only chooses the matching; its W2 is summed from the
+        # matched pairs, so rounding in the expanded cost (a bfloat16 product
+        # once made it 4.5 % high) cannot move the reported value. The gap is
+        # the solver's certificate on the matrix it was given.
+        res = assignment.solve(costs.sq_euclidean(tc, yc), solver=solver, rtol=rtol)
+        w2, gap, converged = costs.matched_cost(tc, yc, res.perm) / n, res.gap / n, res.converged
     normaliser = 2.0 * tr
     score = 1.0 - jnp.sqrt(w2 / normaliser)
     ok = finite & converged
     score = jnp.where(ok, score, jnp.nan)
     w2 = jnp.where(ok, w2, jnp.nan)
-    return AffinityResult(score, w2, normaliser, gap, degenerate, finite, converged)
+    # A certificate means what it says: the auction's eps floor (64 ulps of the
+    # cost scale) can end a float32 solve with gap above rtol * w2.
+    certified = ok & (gap <= rtol * w2)
+    return AffinityResult(score, w2, normaliser, gap, degenerate, finite, converged, certified)
 
 
 @functools.partial(jax.jit, static_argnames=("shrinkage", "solver", "rtol"))
 def _score_jit(x, y, *, shrinkage, solver, rtol):
-    fn = functools.partial(_score, shrinkage=shrinkage, solver=solver, rtol=rtol)
+    fn = functools.partial(affinity, shrinkage=shrinkage, solver=solver, rtol=rtol)
     for _ in range(x.ndim - 2):
         fn = jax.vmap(fn)
     return fn(x, y)
@@ -116,8 +139,9 @@ def affinity_score(
     *,
     shrinkage: bool = False,
     solver: str = "auto",
-    precision: str = "auto",
+    dtype: str = "auto",
     rtol: float = 1e-6,
+    precision: str | None = None,
 ) -> AffinityResult:
     r"""Affinity score of an activation with inputs ``x`` and outputs ``y``.
 
@@ -130,9 +154,12 @@ def affinity_score(
         shrinkage: use Ledoit–Wolf covariances (the reference's
             ``aff_score_corrected``) instead of the unbiased ones.
         solver: assignment backend, see :func:`affjax.solvers.assignment.solve`.
-        precision: ``"auto"`` (float64 unless on TPU), ``"float64"`` or
+        dtype: ``"auto"`` (float64 unless on TPU), ``"float64"`` or
             ``"float32"``. float64 is scoped; global JAX settings are untouched.
-        rtol: relative duality gap the auction solver must certify.
+            Matmuls run at ``Precision.HIGHEST`` in either.
+        rtol: relative duality gap the auction solver must certify
+            (``certified`` is False, not the score NaN, when it could not).
+        precision: deprecated alias of ``dtype``.
 
     Returns:
         :class:`AffinityResult`. Non-finite inputs give ``score = NaN`` with
@@ -157,12 +184,13 @@ def affinity_score(
     for name, a in (("x", x), ("y", y)):
         if not jnp.issubdtype(a.dtype, jnp.floating) and not jnp.issubdtype(a.dtype, jnp.integer):
             raise ValueError(f"{name} must be real numbers, got dtype {a.dtype}")
+    dtype = precision_lib.dtype_argument(dtype, precision)
     solver = assignment.resolve_solver(solver)
-    dtype = precision_lib.dtype_of(precision)
-    with precision_lib.scope(precision):
+    jdtype = precision_lib.dtype_of(dtype)
+    with precision_lib.scope(dtype):
         return _score_jit(
-            jnp.asarray(x, dtype),
-            jnp.asarray(y, dtype),
+            jnp.asarray(x, jdtype),
+            jnp.asarray(y, jdtype),
             shrinkage=shrinkage,
             solver=solver,
             rtol=rtol,

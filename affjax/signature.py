@@ -19,8 +19,8 @@ import numpy as np
 from affjax import metrics as metrics_lib
 from affjax import precision as precision_lib
 from affjax import reports
+from affjax import score as score_lib
 from affjax.capture import Call, capture
-from affjax.score import _score
 from affjax.solvers import assignment
 
 __all__ = [
@@ -97,8 +97,13 @@ def _score_group(xs, ys, xs32, ys32, dims, *, wanted: tuple[str, ...], solver: s
     """All requested metrics for a stack of zero-padded calls ``[L, n, d]``, vmapped over L."""
 
     def one(x, y, x32, y32, dim):
+        # The side metrics' products (CKA, the R2 fit) at HIGHEST too.
+        with precision_lib.matmul_scope("highest"):
+            return metrics_of(x, y, x32, y32, dim)
+
+    def metrics_of(x, y, x32, y32, dim):
         out = {}
-        score = functools.partial(_score, solver=solver, rtol=rtol, dim=dim)
+        score = functools.partial(score_lib.affinity, solver=solver, rtol=rtol, dim=dim)
         if "aff_score" in wanted:
             r = score(x, y, shrinkage=False)
             out.update(
@@ -108,11 +113,15 @@ def _score_group(xs, ys, xs32, ys32, dims, *, wanted: tuple[str, ...], solver: s
                 degenerate=r.degenerate,
                 finite=r.finite,
                 converged=r.converged,
+                certified=r.certified,
             )
         if "aff_score_corrected" in wanted:
             r = score(x, y, shrinkage=True)
             out.update(
-                aff_score_corrected=r.score, finite=r.finite, converged_corrected=r.converged
+                aff_score_corrected=r.score,
+                finite=r.finite,
+                converged_corrected=r.converged,
+                certified_corrected=r.certified,
             )
         if "cka_score" in wanted:
             out["cka_score"] = metrics_lib.cka(x, y)
@@ -132,11 +141,22 @@ def _score_group(xs, ys, xs32, ys32, dims, *, wanted: tuple[str, ...], solver: s
     return jax.vmap(one)(xs, ys, xs32, ys32, dims)
 
 
+#: Statuses of a call whose scores are NaN (:meth:`Signature.failures`).
+FAILED = ("nonfinite", "unconverged")
+
+
 def _status(rec: dict) -> str:
+    """``ok`` only when every score is finite, converged and certified.
+
+    ``uncertified``: the solver stopped with ``gap > rtol * w2`` (the auction's
+    float32 floor); the score is kept, but its certificate does not reach rtol.
+    """
     if not rec.get("finite", True):
         return "nonfinite"
     if not (rec.get("converged", True) and rec.get("converged_corrected", True)):
         return "unconverged"
+    if not (rec.get("certified", True) and rec.get("certified_corrected", True)):
+        return "uncertified"
     return "ok"
 
 
@@ -146,17 +166,22 @@ def score_calls(
     reduce: str = "reference",
     metrics: Sequence[str] = METRICS,
     solver: str = "auto",
-    precision: str = "auto",
+    dtype: str = "auto",
     rtol: float = 1e-6,
+    precision: str | None = None,
 ) -> list[dict]:
-    """Scores captured calls; calls of equal ``[n, d]`` are scored together with ``vmap``."""
+    """Scores captured calls; calls of equal ``[n, d]`` are scored together with ``vmap``.
+
+    ``precision`` is a deprecated alias of ``dtype``.
+    """
+    dtype = precision_lib.dtype_argument(dtype, precision)
     if reduce not in REDUCTIONS:
         raise SignatureError(f"unknown reduce {reduce!r}; choose one of {REDUCTIONS}")
     unknown = set(metrics) - set(METRICS)
     if unknown:
         raise SignatureError(f"unknown metrics {sorted(unknown)}; choose from {METRICS}")
     solver = assignment.resolve_solver(solver)
-    dtype = precision_lib.dtype_of(precision)
+    jdtype = precision_lib.dtype_of(dtype)
 
     def features(c: Call):
         if reduce == "channels" and c.x_channels is not None:
@@ -188,10 +213,10 @@ def score_calls(
                 fx, fy = features(calls[i])
                 x32[j, :, : fx.shape[1]], y32[j, :, : fy.shape[1]] = fx, fy
                 dims[j] = fx.shape[1]
-            with precision_lib.scope(precision):
+            with precision_lib.scope(dtype):
                 out = _score_group(
-                    jnp.asarray(x32, dtype),
-                    jnp.asarray(y32, dtype),
+                    jnp.asarray(x32, jdtype),
+                    jnp.asarray(y32, jdtype),
                     jnp.asarray(x32),
                     jnp.asarray(y32),
                     jnp.asarray(dims),
@@ -253,7 +278,11 @@ class Signature:
 
     def failures(self) -> list[dict]:
         """Records whose score could not be computed (NaN with a status)."""
-        return [r for r in self._records if r["status"] != "ok"]
+        return [r for r in self._records if r["status"] in FAILED]
+
+    def uncertified(self) -> list[dict]:
+        """Records with a score whose certified gap is above ``rtol * w2``."""
+        return [r for r in self._records if r["status"] == "uncertified"]
 
     def check(self) -> Signature:
         """Raises :class:`SignatureError` naming every call that failed."""
@@ -287,10 +316,12 @@ def signature(
     metrics: Sequence[str] = METRICS,
     chunk_size: int | None = None,
     solver: str = "auto",
-    precision: str = "auto",
+    dtype: str = "auto",
     functional: bool = False,
     rtol: float = 1e-6,
     progress: Callable[[int, int], None] | None = None,
+    forward_precision: str = "highest",
+    precision: str | None = None,
 ) -> Signature:
     r"""Non-linearity signature of a Flax model on a batch of images.
 
@@ -304,22 +335,41 @@ def signature(
         metrics: subset of :data:`METRICS`.
         chunk_size: forward at most this many images at once.
         solver: assignment backend (``"auto"``, ``"host"``, ``"auction"``).
-        precision: ``"auto"``, ``"float64"`` or ``"float32"`` for the scores.
+        dtype: ``"auto"``, ``"float64"`` or ``"float32"`` for the scores
+            (their matmuls always run at ``Precision.HIGHEST``).
         functional: also score ``torch.nn.functional`` call sites (keys
             ``"path:F.relu"``), which the reference does not see.
         rtol: duality gap the auction must certify.
         progress: ``progress(done, total)`` callback for the forward pass.
+        forward_precision: matmul/conv precision of the model forward:
+            ``"highest"`` (default; float32 products, whatever the platform) or
+            ``"default"`` (the platform's: one bfloat16 pass on TPU, TF32
+            convolutions on NVIDIA GPUs; faster, see the README for what it
+            costs per call).
+        precision: deprecated alias of ``dtype``.
 
     Returns:
         :class:`Signature`; failed calls are NaN with a ``status``, never 0.
     """
+    dtype = precision_lib.dtype_argument(dtype, precision)
+    if forward_precision not in precision_lib.FORWARD_PRECISIONS:
+        raise SignatureError(
+            f"unknown forward_precision {forward_precision!r}; "
+            f"choose one of {precision_lib.FORWARD_PRECISIONS}"
+        )
     n = images.shape[0]
     if n < 2:
         raise SignatureError(f"need at least 2 images to estimate covariances, got {n}")
     if images.ndim != 4 or images.shape[-1] != 3:
         raise SignatureError(f"images must be NHWC [n, H, W, 3], got shape {images.shape}")
     calls = capture(
-        module, variables, images, chunk_size=chunk_size, functional=functional, progress=progress
+        module,
+        variables,
+        images,
+        chunk_size=chunk_size,
+        functional=functional,
+        progress=progress,
+        forward_precision=forward_precision,
     )
     if not calls:
         raise SignatureError(
@@ -327,13 +377,15 @@ def signature(
             + ("" if functional else "; pass functional=True to score F.relu-style calls")
         )
     records = score_calls(
-        calls, reduce=reduce, metrics=metrics, solver=solver, precision=precision, rtol=rtol
+        calls, reduce=reduce, metrics=metrics, solver=solver, dtype=dtype, rtol=rtol
     )
     meta = {
         "n": int(n),
         "reduce": reduce,
         "solver": assignment.resolve_solver(solver),
-        "precision": precision_lib.resolve(precision),
+        "dtype": precision_lib.resolve(dtype),
+        "forward_precision": forward_precision,
+        "rtol": rtol,
         "functional": functional,
         "num_calls": len(records),
         "nan_policy": "failed calls are NaN with a status",

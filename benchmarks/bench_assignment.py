@@ -20,7 +20,7 @@ import numpy as np
 import ot
 from scipy.optimize import linear_sum_assignment
 
-from affjax.math import covariance, matrix_square_root
+from affjax.math import costs, covariance, matrix_square_root
 
 
 def bures_cost(x, y):
@@ -31,7 +31,7 @@ def bures_cost(x, y):
         )
     t = (x - x.mean(0)) @ a
     yc = y - y.mean(0)
-    return np.maximum((t * t).sum(1)[:, None] + (yc * yc).sum(1)[None] - 2 * t @ yc.T, 0)
+    return costs.sq_euclidean(t, yc)
 
 
 def _cost(n, d, seed):

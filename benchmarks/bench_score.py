@@ -54,14 +54,14 @@ def _time_pair(fa, fb, reps):
     return statistics.median(ta), statistics.median(tb)
 
 
-def bench(n, d, *, batch, reps, solver, precision, reference=True):
+def bench(n, d, *, batch, reps, solver, dtype, reference=True):
     x, y = _problem(n, d, seed=n + d)
     row = {
         "n": n,
         "d": d,
         "batch": batch,
         "solver": assignment.resolve_solver(solver),
-        "precision": precision,
+        "dtype": dtype,
     }
     if reference:
         dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -71,7 +71,7 @@ def bench(n, d, *, batch, reps, solver, precision, reference=True):
         row["reference64_score"] = float(rho_aff(x, y, dtype=torch.float64))
 
     def one():
-        return affinity_score(x, y, solver=solver, precision=precision).score.block_until_ready()
+        return affinity_score(x, y, solver=solver, dtype=dtype).score.block_until_ready()
 
     t = time.perf_counter()
     score = float(one())
@@ -88,7 +88,7 @@ def bench(n, d, *, batch, reps, solver, precision, reference=True):
         ys = np.maximum(xs, 0)
 
         def many():
-            r = affinity_score(xs, ys, solver=solver, precision=precision)
+            r = affinity_score(xs, ys, solver=solver, dtype=dtype)
             return r.score.block_until_ready()
 
         t = time.perf_counter()
@@ -117,7 +117,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=16, help="problems per vmapped call")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--solver", default="auto")
-    p.add_argument("--precision", default="auto")
+    p.add_argument("--dtype", default="auto")
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--out", default="benchmarks/results/score.json")
     args = p.parse_args(argv)
@@ -144,7 +144,7 @@ def main(argv=None):
                 batch=args.batch,
                 reps=args.reps,
                 solver=args.solver,
-                precision=args.precision,
+                dtype=args.dtype,
                 reference=not args.no_reference,
             )
             rows.append(row)

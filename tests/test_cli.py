@@ -347,3 +347,20 @@ def test_second_process_reads_the_compilation_cache(small_inputs, tmp_path):
     assert os.listdir(cache)
     assert hits(cache) >= 1  # warm: the forward pass (at least) comes from disk
     assert hits("off") == 0
+
+
+def test_uncertified_calls_and_deprecated_precision(tmp_path, capsys):
+    # n = 4 and float32 prices: no gap can reach rtol = 1e-12, so every call is
+    # uncertified; the scores are written, the run warns and does not fail.
+    argv = [*BASE, "--solver", "auction", "--precision", "float32", "--rtol", "1e-12"]
+    assert cli.main([*argv, "--out", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "--precision is deprecated" in err
+    assert "status: uncertified 17" in err and "17 call(s) are uncertified" in err
+    payload = json.loads((tmp_path / "resnet18_random_4_0.json").read_text())
+    assert payload["meta"]["dtype"] == "float32" and payload["meta"]["rtol"] == 1e-12
+    assert {r["status"] for r in payload["records"]} == {"uncertified"}
+    assert all(r["aff_score"] is not None for r in payload["records"])
+    csv = (tmp_path / "resnet18_random_4_0.csv").read_text().splitlines()
+    status = csv[0].split(",").index("status")
+    assert {line.split(",")[status] for line in csv[1:]} == {"uncertified"}

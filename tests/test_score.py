@@ -122,7 +122,7 @@ def test_float32_mode_close_to_float64():
     x = rng.normal(size=(256, 32))
     y = np.tanh(x)
     r64 = affinity_score(x, y)
-    r32 = affinity_score(x, y, precision="float32")
+    r32 = affinity_score(x, y, dtype="float32")
     assert r32.score.dtype == jnp.float32
     # measured |diff| 2.1e-8 on this well-conditioned problem (kappa ~ 10); 1e-6 is 47x.
     # float32 vs float64 on the parity grid above measures 2e-9 to 1.6e-5 (d = n = 512).
@@ -176,9 +176,9 @@ class TestTransforms(chex.TestCase):
         rng = np.random.default_rng(2)
         # The kernel is looked up when the jitted entry point traces: count its traces.
         # A shape no other test uses, so the first call must trace once and no more.
-        counted = chex.assert_max_traces(score_lib._score, n=1)
+        counted = chex.assert_max_traces(score_lib.affinity, n=1)
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(score_lib, "_score", counted)
+            mp.setattr(score_lib, "affinity", counted)
             for _ in range(3):
                 affinity_score(rng.normal(size=(31, 3)), rng.normal(size=(31, 3)))
         chex.clear_trace_counter()
@@ -191,8 +191,8 @@ def test_bad_input_is_a_clear_error():
         affinity_score(np.ones((1, 2)), np.ones((1, 2)))
     with pytest.raises(ValueError, match=r"\[n, 1\]"):
         affinity_score(np.ones(5), np.ones(5))
-    with pytest.raises(ValueError, match="unknown precision"):
-        affinity_score(np.ones((5, 2)), np.ones((5, 2)), precision="float16")
+    with pytest.raises(ValueError, match="unknown dtype"):
+        affinity_score(np.ones((5, 2)), np.ones((5, 2)), dtype="float16")
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
@@ -242,7 +242,7 @@ def test_width_padding_changes_no_score(n, d, pad, shrinkage):
     padded = [np.concatenate([v, np.zeros((n, pad))], axis=1) for v in (x, y)]
     with jax.enable_x64(True):
         kernel = jax.jit(
-            lambda a, b, dim: score_lib._score(
+            lambda a, b, dim: score_lib.affinity(
                 a, b, shrinkage=shrinkage, solver="host", rtol=1e-6, dim=dim
             )
         )
@@ -250,3 +250,32 @@ def test_width_padding_changes_no_score(n, d, pad, shrinkage):
     want = affinity_score(x, y, shrinkage=shrinkage)
     assert abs(float(got.score) - float(want.score)) <= 1e-14
     assert abs(float(got.w2) - float(want.w2)) <= 1e-13 * float(want.w2)
+
+
+def test_precision_is_a_deprecated_alias_of_dtype():
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(40, 3))
+    y = np.tanh(x)
+    with pytest.warns(DeprecationWarning, match="use dtype="):
+        old = affinity_score(x, y, precision="float32")
+    new = affinity_score(x, y, dtype="float32")
+    assert old.score.dtype == jnp.float32
+    assert float(old.score) == float(new.score)
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="disagree"):
+        affinity_score(x, y, dtype="float64", precision="float32")
+
+
+def test_gap_above_rtol_is_uncertified_not_ok():
+    # float32 prices: the certificate's rounding allowance alone is ~1e-6 of the
+    # cost magnitude, so rtol = 1e-9 cannot be certified; the score is kept.
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(64, 8))
+    y = np.maximum(x, 0)
+    loose = affinity_score(x, y, solver="auction", dtype="float32", rtol=1e-9)
+    assert bool(loose.converged) and not bool(loose.certified)
+    assert float(loose.gap) > 1e-9 * float(loose.w2)
+    assert np.isfinite(float(loose.score))
+    exact = affinity_score(x, y, solver="host")
+    assert bool(exact.certified) and float(exact.gap) == 0.0
+    f64 = affinity_score(x, y, solver="auction", rtol=1e-6)
+    assert bool(f64.certified) and float(f64.gap) <= 1e-6 * float(f64.w2)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 __all__ = [
     "RIDGE",
+    "centered",
     "empirical",
     "gram",
     "ledoit_wolf",
@@ -34,7 +35,8 @@ def gram(xc: jnp.ndarray) -> jnp.ndarray:
     return xt @ xt.T
 
 
-def _centered(x: jnp.ndarray) -> jnp.ndarray:
+def centered(x: jnp.ndarray) -> jnp.ndarray:
+    """``x`` minus its column means, ``[n, d]``."""
     return x - jnp.mean(x, axis=0, keepdims=True)
 
 
@@ -52,7 +54,7 @@ def empirical(x: jnp.ndarray, ridge: float = RIDGE) -> jnp.ndarray:
         ``[d, d]`` covariance.
     """
     n, d = x.shape
-    xc = _centered(x)
+    xc = centered(x)
     return gram(xc) / (n - 1) + ridge * jnp.eye(d, dtype=x.dtype)
 
 
@@ -79,7 +81,7 @@ def ledoit_wolf_shrinkage(x: jnp.ndarray, dim: int | None = None) -> jnp.ndarray
     """
     n, k = x.shape
     d = k if dim is None else dim
-    xc = _centered(x)
+    xc = centered(x)
     x2 = xc * xc
     emp_cov_trace = jnp.sum(x2, axis=0) / n
     mu = jnp.sum(emp_cov_trace) / d
@@ -128,7 +130,7 @@ def ledoit_wolf_parts(
     """
     n, k = x.shape
     d = k if dim is None else dim
-    xc = _centered(x)
+    xc = centered(x)
     emp = gram(xc) / n
     mu = jnp.trace(emp) / d
     s = ledoit_wolf_shrinkage(x, dim=d)

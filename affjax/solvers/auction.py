@@ -63,12 +63,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["AuctionResult", "auction"]
+__all__ = ["AuctionResult", "AuctionState", "auction", "finalize", "init", "step", "terminate"]
 
 # Bidding rounds without a new assignment before a global price update runs.
 _STALL_ROUNDS = 20
 # A global price update stops after this many sweeps (truncated, still valid).
 _MAX_SWEEPS = 32
+# At most this many global price updates per eps phase (see _bid_round).
+_MAX_UPDATES_PER_PHASE = 16
+# eps never goes below this many ulps of the cost scale (price resolution).
+_EPS_FLOOR_ULPS = 64
 # Sweeps stop once no potential moved by more than this fraction of eps.
 _SWEEP_TOL = 1.0 / 64.0
 # Rounds per while_loop trip on accelerators: the loop predicate costs a
@@ -257,22 +261,288 @@ def _complete(obj: jax.Array) -> jax.Array:
     return jnp.where(free_row, slots[jnp.clip(row_rank, 0, n - 1)], obj)
 
 
-class _State(NamedTuple):
-    prices: jax.Array  # [n] column prices
-    obj: jax.Array  # [n] int32 column of each row, n = unassigned
-    own: jax.Array  # [n] int32 row owning each column, n = free
-    eps: jax.Array  # [] current slackness
-    sweeping: jax.Array  # [] bool: a global price update is running
-    pot: jax.Array  # [n] its column potentials (0 on free columns)
-    sweeps: jax.Array  # [] int32 sweeps of the running update
-    best_count: jax.Array  # [] int32 most rows assigned since the last update
-    stall: jax.Array  # [] int32 bidding rounds since best_count last grew
-    it: jax.Array  # [] int32 rounds so far (bidding rounds + sweeps)
-    done: jax.Array  # [] bool stopping rule met
+class AuctionState(NamedTuple):
+    """State of an auction between rounds; every field is an array (a pytree).
+
+    Attributes:
+        prices: ``[n]`` column prices.
+        obj: ``[n]`` int32 column of each row, ``n`` = unassigned.
+        own: ``[n]`` int32 row owning each column, ``n`` = free.
+        eps: ``[]`` current slackness.
+        eps_floor: ``[]`` smallest eps resolvable against the prices.
+        sweeping: ``[]`` bool, a global price update is running.
+        pot: ``[n]`` its column potentials (0 on free columns).
+        sweeps: ``[]`` int32 sweeps of the running update.
+        updates: ``[]`` int32 global price updates started in this phase.
+        best_count: ``[]`` int32 most rows assigned since the last update.
+        stall: ``[]`` int32 bidding rounds since ``best_count`` last grew.
+        it: ``[]`` int32 rounds so far (bidding rounds + sweeps).
+        done: ``[]`` bool, the stopping rule was met.
+    """
+
+    prices: jax.Array
+    obj: jax.Array
+    own: jax.Array
+    eps: jax.Array
+    eps_floor: jax.Array
+    sweeping: jax.Array
+    pot: jax.Array
+    sweeps: jax.Array
+    updates: jax.Array
+    best_count: jax.Array
+    stall: jax.Array
+    it: jax.Array
+    done: jax.Array
 
 
-def _select(pred: jax.Array, a: _State, b: _State) -> _State:
+def _select(pred: jax.Array, a: AuctionState, b: AuctionState) -> AuctionState:
     return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
+
+
+def _check_cost(cost) -> jax.Array:
+    cost = jnp.asarray(cost)
+    if cost.ndim != 2 or cost.shape[0] != cost.shape[1]:
+        raise ValueError(f"cost must be square [n, n], got shape {cost.shape}")
+    return cost.astype(_price_dtype(cost.dtype))
+
+
+def init(cost: jax.Array, *, scaling: float = 5.0) -> AuctionState:
+    """The starting state: column reduction and the first phase's eps.
+
+    Column reduction: ``p_j = -min_i c_ij`` makes every reduced cost ``>= 0``
+    with a zero in each column; handing column ``j`` to its argmin row (one
+    column per row) is an exactly complementary (eps = 0) partial assignment.
+    The rotated tie-break spreads tied columns over different rows.
+
+    Args:
+        cost: ``[n, n]`` cost, ``n >= 2``.
+        scaling: eps of the first phase is ``(max(cost) - min(cost)) / scaling``.
+
+    Returns:
+        :class:`AuctionState` in the price dtype.
+    """
+    c = _check_cost(cost)
+    n = c.shape[0]
+    dtype = c.dtype
+    idx = jnp.arange(n, dtype=jnp.int32)
+    col_min, col_arg, _, _ = _top2_rows(c.T)
+    obj = jnp.full(n, n, jnp.int32).at[col_arg].min(idx)
+    own = jnp.full(n, n, jnp.int32).at[obj].set(idx, mode="drop")
+    # eps must stay resolvable against the prices (|p| <~ max|c| + range),
+    # otherwise price increments round away.
+    c_max, c_min = jnp.max(c), jnp.min(c)
+    scale = jnp.maximum(jnp.abs(c_max), jnp.abs(c_min)) + (c_max - c_min)
+    eps_floor = jnp.where(scale > 0, _EPS_FLOOR_ULPS * jnp.finfo(dtype).eps * scale, 1.0)
+    eps_floor = eps_floor.astype(dtype)
+    return AuctionState(
+        prices=-col_min,
+        obj=obj,
+        own=own,
+        eps=jnp.maximum((c_max - c_min) / scaling, eps_floor),
+        eps_floor=eps_floor,
+        sweeping=jnp.bool_(False),
+        pot=jnp.zeros(n, dtype),
+        sweeps=jnp.int32(0),
+        updates=jnp.int32(0),
+        best_count=jnp.sum(obj < n, dtype=jnp.int32),
+        stall=jnp.int32(0),
+        it=jnp.int32(0),
+        done=jnp.bool_(False),
+    )
+
+
+def _start_update(s: AuctionState) -> AuctionState:
+    """Begins a global price update: potentials at +inf on owned columns."""
+    n = s.own.shape[0]
+    pot = jnp.where(s.own < n, jnp.inf, 0).astype(s.pot.dtype)
+    return s._replace(sweeping=jnp.bool_(True), pot=pot, sweeps=jnp.int32(0), updates=s.updates + 1)
+
+
+def _sweep(s: AuctionState, w1_pot: jax.Array, w1: jax.Array) -> AuctionState:
+    """One Bellman-Ford sweep of the global price update.
+
+    Moving the owner ``k`` of column ``j`` to column ``l`` costs
+    ``r_kl - w1_k >= 0`` on top of its best option (``r`` the reduced costs,
+    ``w1_k = min_l r_kl``), so ``pot_j = min_l (r_kl + pot_l) - w1_k`` with
+    ``pot = 0`` on free columns is the cheapest displacement chain from
+    ``j`` to a free column.  At the fixed point, raising the prices by
+    ``pot`` leaves every assigned row's slackness
+    ``r_kj + pot_j - min_l (r_kl + pot_l)`` exactly as it was, while the
+    shortest chains become ties that displaced rows follow in one round
+    per hop.
+
+    Args:
+        s: state, ``s.sweeping`` True.
+        w1_pot: ``[n]`` ``min_l (c_kl + p_l + pot_l)`` for every row ``k``.
+        w1: ``[n]`` ``min_l (c_kl + p_l)`` for every row ``k``.
+
+    Returns:
+        The state after the sweep; prices move once the update finishes.
+    """
+    n = s.own.shape[0]
+    inf = jnp.asarray(jnp.inf, s.pot.dtype)
+    owned = s.own < n
+    own_c = jnp.minimum(s.own, n - 1)
+    relaxed = jnp.minimum(s.pot, jnp.maximum(w1_pot[own_c] - w1[own_c], 0))
+    pot = jnp.where(owned, relaxed, 0).astype(s.pot.dtype)
+    # pot only decreases.  If the last sweep moved no potential by more
+    # than tol, p + pot adds at most tol of slackness to any row.  Before
+    # that, min(pot, cap) is still valid when cap <= (smallest potential
+    # that moved) + tol: the clipped potentials moved by <= tol, and the
+    # same bound applies (a truncated update, settled near free columns).
+    tol = _SWEEP_TOL * s.eps
+    moved = s.pot - pot > tol
+    cap = jnp.min(jnp.where(moved, pot, inf)) + tol
+    sweeps = s.sweeps + 1
+    finished = ~jnp.any(moved) | (sweeps >= _MAX_SWEEPS)
+    return s._replace(
+        prices=jnp.where(finished, s.prices + jnp.minimum(pot, cap), s.prices),
+        pot=pot,
+        sweeps=sweeps,
+        sweeping=~finished,
+        best_count=jnp.sum(s.obj < n, dtype=jnp.int32),
+        stall=jnp.int32(0),
+    )
+
+
+def _bid_round(
+    c: jax.Array,
+    s: AuctionState,
+    w1: jax.Array,
+    j1: jax.Array,
+    w2: jax.Array,
+    *,
+    rtol: float,
+    scaling: float,
+) -> AuctionState:
+    """Phase-end bookkeeping, then one Jacobi bidding round.
+
+    Args:
+        c: ``[n, n]`` cost in the price dtype.
+        s: state, ``s.sweeping`` False.
+        w1, j1, w2: ``[n]`` two smallest reduced costs ``c_ij + p_j`` of
+            every row and the argmin column.
+        rtol: relative gap that ends the solve.
+        scaling: eps shrink factor between phases.
+
+    Returns:
+        The state after the round.
+    """
+    n = c.shape[0]
+    dtype = c.dtype
+    idx = jnp.arange(n, dtype=jnp.int32)
+    inf = jnp.asarray(jnp.inf, dtype)
+    prices, obj, own, eps = s.prices, s.obj, s.own, s.eps
+    # Phase end: everyone is assigned.  Check the gap, then either stop or
+    # shrink eps and release the rows violating the new slackness.  The
+    # gap is summed from the nonnegative slacks (no cancellation); the
+    # rigorous certificate is recomputed after the loop.
+    assigned = obj < n
+    all_assigned = jnp.all(assigned)
+    obj_c = jnp.minimum(obj, n - 1)
+    c_obj = c[idx, obj_c]
+    slack = (c_obj + prices[obj_c]) - w1
+    primal = jnp.sum(c_obj)
+    magnitude = jnp.sum(jnp.abs(w1) + jnp.abs(prices) + jnp.abs(c_obj))
+    gap = jnp.sum(slack) + _rounding_allowance(n, dtype, magnitude)
+    dual = primal - gap
+    # rtol * |optimum| from below, as optimum lies in [dual, primal].
+    tol = rtol * jnp.maximum(jnp.maximum(dual, -primal), 0)
+    eps_stop = jnp.maximum(rtol * jnp.abs(primal) / n, s.eps_floor)
+    finish = all_assigned & ((gap <= tol) | (eps <= eps_stop))
+    new_phase = all_assigned & ~finish
+    eps = jnp.where(new_phase, jnp.maximum(eps / scaling, eps_stop), eps)
+    keep = assigned & (~new_phase | (slack <= eps))
+    released = jnp.any(assigned & ~keep)
+    obj = jnp.where(keep, obj, n)
+    own_c = jnp.minimum(own, n - 1)
+    own = jnp.where((own < n) & keep[own_c], own, n)
+
+    # Jacobi round: every unassigned row bids p_j1 + (w2 - w1) + eps for
+    # its cheapest column; the highest bid wins, ties to the lowest row.
+    # nextafter keeps prices strictly increasing even if eps were below
+    # their resolution (no endless bid ping-pong).  A round that releases
+    # rows does not bid: a global price update runs first.
+    bidding = ~keep & ~released
+    p_j1 = prices[j1]
+    bid = jnp.maximum(p_j1 + ((w2 - w1) + eps), jnp.nextafter(p_j1, inf))
+    best = jnp.full(n, -inf, dtype).at[jnp.where(bidding, j1, n)].max(bid, mode="drop")
+    candidate = bidding & (bid == best[j1])
+    winner = jnp.full(n, n, jnp.int32).at[jnp.where(candidate, j1, n)].min(idx, mode="drop")
+    has_bid = winner < n
+    win = bidding & (winner[j1] == idx)
+    lost = keep & has_bid[obj_c]
+    obj = jnp.where(win, j1, jnp.where(lost, n, obj))
+    own = jnp.where(has_bid, winner, own)
+    prices = jnp.where(has_bid, best, prices)
+
+    count = jnp.sum(obj < n, dtype=jnp.int32)
+    grew = count > s.best_count
+    out = s._replace(
+        prices=prices,
+        obj=obj,
+        own=own,
+        eps=eps,
+        updates=jnp.where(new_phase, 0, s.updates),
+        best_count=jnp.maximum(count, s.best_count),
+        stall=jnp.where(grew, 0, s.stall + 1),
+        done=finish,
+    )
+    # Updates are bounded per phase: near the eps floor an update can stop
+    # helping (prices at their resolution), and unbounded updates would then
+    # spend up to _MAX_SWEEPS rounds per _STALL_ROUNDS bids on nothing.
+    trigger = (released | ((out.stall >= _STALL_ROUNDS) & (count < n))) & (
+        out.updates < _MAX_UPDATES_PER_PHASE
+    )
+    return _select(trigger, _start_update(out), out)
+
+
+def step(cost: jax.Array, state: AuctionState, *, rtol: float = 1e-6, scaling: float = 5.0):
+    """One round: a Bellman-Ford sweep while an update runs, else a bidding round.
+
+    One fused ``[n, n]`` pass serves both: the row minima of ``c + p + pot``
+    relax the potentials during an update (``pot = 0`` otherwise), and the
+    top-2 of ``c + p`` drive the bids.
+
+    Args:
+        cost: ``[n, n]`` cost.
+        state: :class:`AuctionState` from :func:`init` or an earlier step.
+        rtol: relative gap that ends the solve.
+        scaling: eps shrink factor between phases.
+
+    Returns:
+        The next :class:`AuctionState` (``it`` counts the round).
+    """
+    c = _check_cost(cost)
+    s = state
+    reduced = c + s.prices[None, :]
+    shift = jnp.where(s.sweeping, s.pot, 0).astype(c.dtype)
+    w1_shift, j1, w2, w1 = _top2_rows(reduced + shift[None, :], reduced)
+    nxt = _select(
+        s.sweeping,
+        _sweep(s, w1_shift, w1),
+        _bid_round(c, s, w1, j1, w2, rtol=rtol, scaling=scaling),
+    )
+    return nxt._replace(it=s.it + 1)
+
+
+def terminate(state: AuctionState, *, max_iterations: int = 200_000) -> jax.Array:
+    """``[]`` bool: the stopping rule was met or the round budget is spent."""
+    return state.done | (state.it >= max_iterations)
+
+
+def finalize(cost: jax.Array, state: AuctionState) -> AuctionResult:
+    """The permutation and its rigorous certificate from a (final) state.
+
+    Works on any state: an unfinished one gives a permutation completed
+    arbitrarily, with a gap that still certifies it, and ``converged`` False.
+    """
+    c = _check_cost(cost)
+    n = c.shape[0]
+    perm = _complete(state.obj)
+    w1, _, _, _ = _top2_rows(c + state.prices[None, :])
+    primal, dual = _certificate(c[jnp.arange(n), perm], w1, state.prices)
+    return AuctionResult(perm, primal, dual, primal - dual, state.it, state.done)
 
 
 @functools.partial(jax.jit, static_argnames=("rtol", "max_iterations", "scaling"))
@@ -285,6 +555,9 @@ def auction(
 ) -> AuctionResult:
     """Solve ``min_perm sum_i cost[i, perm[i]]`` exactly (up to ``rtol``).
 
+    :func:`init`, then :func:`step` until :func:`terminate`, then
+    :func:`finalize`, in one ``lax.while_loop``.
+
     Args:
         cost: ``[n, n]`` float (or int) cost matrix with finite entries.  Use
             ``jax.vmap`` for a batch ``[b, n, n]``.
@@ -292,7 +565,9 @@ def auction(
             against the dual bound), or after the phase with
             ``eps <= rtol * |primal| / n``, where ``gap <= n * eps`` holds up to
             rounding.  ``eps`` never goes below a small multiple of the price
-            resolution, so an optimum of 0 ends at that floor instead of looping.
+            resolution, so an optimum of 0 ends at that floor instead of looping;
+            in float32 that floor can leave ``gap`` above ``rtol * primal``
+            (see benchmarks/README.md, "float32 floor").
         max_iterations: cap on rounds (bidding rounds plus global price-update
             sweeps) over all phases.
         scaling: factor (> 1) by which ``eps`` shrinks between phases; the first
@@ -303,14 +578,11 @@ def auction(
         :class:`AuctionResult`.  Prices, ``primal``, ``dual`` and ``gap`` use
         float64 when x64 is enabled, else float32.
     """
-    cost = jnp.asarray(cost)
-    if cost.ndim != 2 or cost.shape[0] != cost.shape[1]:
-        raise ValueError(f"cost must be square [n, n], got shape {cost.shape}")
+    c = _check_cost(cost)
     if not scaling > 1.0:
         raise ValueError(f"scaling must be > 1, got {scaling}")
-    n = cost.shape[0]
-    dtype = _price_dtype(cost.dtype)
-    c = cost.astype(dtype)
+    n = c.shape[0]
+    dtype = c.dtype
     if n == 0:
         zero = jnp.zeros((), dtype)
         return AuctionResult(
@@ -328,181 +600,17 @@ def auction(
             jnp.bool_(True),
         )
 
-    idx = jnp.arange(n, dtype=jnp.int32)
-    inf = jnp.asarray(jnp.inf, dtype)
-    finfo = jnp.finfo(dtype)
-
-    # Column reduction: p_j = -min_i c_ij makes every reduced cost >= 0 with a
-    # zero in each column; handing column j to its argmin row (one column per
-    # row) is an exactly complementary (eps = 0) partial assignment.  The
-    # rotated tie-break spreads tied columns over different rows.
-    col_min, col_arg, _, _ = _top2_rows(c.T)
-    prices0 = -col_min
-    obj0 = jnp.full(n, n, jnp.int32).at[col_arg].min(idx)
-    own0 = jnp.full(n, n, jnp.int32).at[obj0].set(idx, mode="drop")
-
-    # eps must stay resolvable against the prices (|p| <~ max|c| + range),
-    # otherwise price increments round away.
-    c_max, c_min = jnp.max(c), jnp.min(c)
-    scale = jnp.maximum(jnp.abs(c_max), jnp.abs(c_min)) + (c_max - c_min)
-    eps_floor = jnp.where(scale > 0, 64 * finfo.eps * scale, 1.0).astype(dtype)
-    eps0 = jnp.maximum((c_max - c_min) / scaling, eps_floor)
-
-    def start_update(s: _State) -> _State:
-        # Potentials start at +inf on owned columns and relax downwards.
-        pot = jnp.where(s.own < n, inf, 0).astype(dtype)
-        return s._replace(sweeping=jnp.bool_(True), pot=pot, sweeps=jnp.int32(0))
-
-    def sweep(s: _State, w1_pot: jax.Array, w1: jax.Array) -> _State:
-        """One Bellman-Ford sweep of the global price update.
-
-        Moving the owner ``k`` of column ``j`` to column ``l`` costs
-        ``r_kl - w1_k >= 0`` on top of its best option (``r`` the reduced costs,
-        ``w1_k = min_l r_kl``), so ``pot_j = min_l (r_kl + pot_l) - w1_k`` with
-        ``pot = 0`` on free columns is the cheapest displacement chain from
-        ``j`` to a free column.  At the fixed point, raising the prices by
-        ``pot`` leaves every assigned row's slackness
-        ``r_kj + pot_j - min_l (r_kl + pot_l)`` exactly as it was, while the
-        shortest chains become ties that displaced rows follow in one round
-        per hop.
-
-        Args:
-            s: state, ``s.sweeping`` True.
-            w1_pot: ``[n]`` ``min_l (c_kl + p_l + pot_l)`` for every row ``k``.
-            w1: ``[n]`` ``min_l (c_kl + p_l)`` for every row ``k``.
-
-        Returns:
-            The state after the sweep; prices move once the update finishes.
-        """
-        owned = s.own < n
-        own_c = jnp.minimum(s.own, n - 1)
-        relaxed = jnp.minimum(s.pot, jnp.maximum(w1_pot[own_c] - w1[own_c], 0))
-        pot = jnp.where(owned, relaxed, 0).astype(dtype)
-        # pot only decreases.  If the last sweep moved no potential by more
-        # than tol, p + pot adds at most tol of slackness to any row.  Before
-        # that, min(pot, cap) is still valid when cap <= (smallest potential
-        # that moved) + tol: the clipped potentials moved by <= tol, and the
-        # same bound applies (a truncated update, settled near free columns).
-        tol = _SWEEP_TOL * s.eps
-        moved = s.pot - pot > tol
-        cap = jnp.min(jnp.where(moved, pot, inf)) + tol
-        sweeps = s.sweeps + 1
-        finished = ~jnp.any(moved) | (sweeps >= _MAX_SWEEPS)
-        return s._replace(
-            prices=jnp.where(finished, s.prices + jnp.minimum(pot, cap), s.prices),
-            pot=pot,
-            sweeps=sweeps,
-            sweeping=~finished,
-            best_count=jnp.sum(s.obj < n, dtype=jnp.int32),
-            stall=jnp.int32(0),
-        )
-
-    def bid_round(s: _State, w1: jax.Array, j1: jax.Array, w2: jax.Array) -> _State:
-        """Phase-end bookkeeping, then one Jacobi bidding round.
-
-        Args:
-            s: state, ``s.sweeping`` False.
-            w1, j1, w2: ``[n]`` two smallest reduced costs ``c_ij + p_j`` of
-                every row and the argmin column.
-
-        Returns:
-            The state after the round.
-        """
-        prices, obj, own, eps = s.prices, s.obj, s.own, s.eps
-        # Phase end: everyone is assigned.  Check the gap, then either stop or
-        # shrink eps and release the rows violating the new slackness.  The
-        # gap is summed from the nonnegative slacks (no cancellation); the
-        # rigorous certificate is recomputed after the loop.
-        assigned = obj < n
-        all_assigned = jnp.all(assigned)
-        obj_c = jnp.minimum(obj, n - 1)
-        c_obj = c[idx, obj_c]
-        slack = (c_obj + prices[obj_c]) - w1
-        primal = jnp.sum(c_obj)
-        magnitude = jnp.sum(jnp.abs(w1) + jnp.abs(prices) + jnp.abs(c_obj))
-        gap = jnp.sum(slack) + _rounding_allowance(n, dtype, magnitude)
-        dual = primal - gap
-        # rtol * |optimum| from below, as optimum lies in [dual, primal].
-        tol = rtol * jnp.maximum(jnp.maximum(dual, -primal), 0)
-        eps_stop = jnp.maximum(rtol * jnp.abs(primal) / n, eps_floor)
-        finish = all_assigned & ((gap <= tol) | (eps <= eps_stop))
-        new_phase = all_assigned & ~finish
-        eps = jnp.where(new_phase, jnp.maximum(eps / scaling, eps_stop), eps)
-        keep = assigned & (~new_phase | (slack <= eps))
-        released = jnp.any(assigned & ~keep)
-        obj = jnp.where(keep, obj, n)
-        own_c = jnp.minimum(own, n - 1)
-        own = jnp.where((own < n) & keep[own_c], own, n)
-
-        # Jacobi round: every unassigned row bids p_j1 + (w2 - w1) + eps for
-        # its cheapest column; the highest bid wins, ties to the lowest row.
-        # nextafter keeps prices strictly increasing even if eps were below
-        # their resolution (no endless bid ping-pong).  A round that releases
-        # rows does not bid: a global price update runs first.
-        bidding = ~keep & ~released
-        p_j1 = prices[j1]
-        bid = jnp.maximum(p_j1 + ((w2 - w1) + eps), jnp.nextafter(p_j1, inf))
-        best = jnp.full(n, -inf, dtype).at[jnp.where(bidding, j1, n)].max(bid, mode="drop")
-        candidate = bidding & (bid == best[j1])
-        winner = jnp.full(n, n, jnp.int32).at[jnp.where(candidate, j1, n)].min(idx, mode="drop")
-        has_bid = winner < n
-        win = bidding & (winner[j1] == idx)
-        lost = keep & has_bid[obj_c]
-        obj = jnp.where(win, j1, jnp.where(lost, n, obj))
-        own = jnp.where(has_bid, winner, own)
-        prices = jnp.where(has_bid, best, prices)
-
-        count = jnp.sum(obj < n, dtype=jnp.int32)
-        grew = count > s.best_count
-        out = s._replace(
-            prices=prices,
-            obj=obj,
-            own=own,
-            eps=eps,
-            best_count=jnp.maximum(count, s.best_count),
-            stall=jnp.where(grew, 0, s.stall + 1),
-            done=finish,
-        )
-        trigger = released | ((out.stall >= _STALL_ROUNDS) & (count < n))
-        return _select(trigger, start_update(out), out)
-
-    def step(s: _State) -> _State:
-        active = ~s.done & (s.it < max_iterations)
-        # One fused [n, n] pass serves both modes: the row minima of
-        # c + p + pot relax the potentials during an update (pot = 0
-        # otherwise), and the top-2 of c + p drive the bids.
-        reduced = c + s.prices[None, :]
-        shift = jnp.where(s.sweeping, s.pot, 0).astype(dtype)
-        w1_shift, j1, w2, w1 = _top2_rows(reduced + shift[None, :], reduced)
-        nxt = _select(s.sweeping, sweep(s, w1_shift, w1), bid_round(s, w1, j1, w2))
-        return _select(active, nxt._replace(it=s.it + 1), s)
-
     unroll = 1 if jax.default_backend() == "cpu" else _UNROLL_ACCELERATOR
 
-    def body(s: _State) -> _State:
+    def body(s: AuctionState) -> AuctionState:
         for _ in range(unroll):
-            s = step(s)
+            # Unrolled rounds are masked once the solve is done.
+            nxt = step(c, s, rtol=rtol, scaling=scaling)
+            s = _select(terminate(s, max_iterations=max_iterations), s, nxt)
         return s
 
-    def cond(s: _State) -> jax.Array:
-        return ~s.done & (s.it < max_iterations)
+    def cond(s: AuctionState) -> jax.Array:
+        return ~terminate(s, max_iterations=max_iterations)
 
-    init = _State(
-        prices=prices0,
-        obj=obj0,
-        own=own0,
-        eps=eps0,
-        sweeping=jnp.bool_(False),
-        pot=jnp.zeros(n, dtype),
-        sweeps=jnp.int32(0),
-        best_count=jnp.sum(obj0 < n, dtype=jnp.int32),
-        stall=jnp.int32(0),
-        it=jnp.int32(0),
-        done=jnp.bool_(False),
-    )
-    final = lax.while_loop(cond, body, init)
-
-    perm = _complete(final.obj)
-    w1, _, _, _ = _top2_rows(c + final.prices[None, :])
-    primal, dual = _certificate(c[idx, perm], w1, final.prices)
-    return AuctionResult(perm, primal, dual, primal - dual, final.it, final.done)
+    final = lax.while_loop(cond, body, init(c, scaling=scaling))
+    return finalize(c, final)

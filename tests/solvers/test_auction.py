@@ -299,3 +299,108 @@ def test_iteration_cap_reports_not_converged():
     assert float(res.dual) <= opt + slop
     assert float(res.primal) >= opt - slop
     assert float(res.gap) >= float(res.primal) - opt - slop
+
+
+# ------------------------------------------------ init / step / terminate, each alone
+
+_step = jax.jit(auction_lib.step, static_argnames=("rtol", "scaling"))
+
+
+def _assert_consistent(s: auction_lib.AuctionState, n: int) -> None:
+    obj, own = np.asarray(s.obj), np.asarray(s.own)
+    for i, j in enumerate(obj):
+        if j < n:
+            assert own[j] == i, "obj and own disagree"
+    for j, i in enumerate(own):
+        if i < n:
+            assert obj[i] == j, "own and obj disagree"
+
+
+def test_init_is_the_column_reduction():
+    cost = _sqdist(N, 4, seed=31)
+    with jax.enable_x64(True):
+        s = auction_lib.init(jnp.asarray(cost), scaling=5.0)
+    prices = np.asarray(s.prices)
+    np.testing.assert_array_equal(prices, -cost.min(axis=0))
+    reduced = cost + prices[None, :]
+    assert reduced.min() >= 0.0
+    obj = np.asarray(s.obj)
+    for i, j in enumerate(obj):
+        if j < N:  # assigned pairs are exactly complementary
+            assert reduced[i, j] == 0.0
+    _assert_consistent(s, N)
+    assert float(s.eps) == pytest.approx((cost.max() - cost.min()) / 5.0, rel=1e-15)
+    assert not bool(s.done) and int(s.it) == 0 and int(s.updates) == 0
+
+
+def test_steps_keep_eps_complementary_slackness_and_raise_prices():
+    # The invariant the certificate rests on: every assigned row is within eps of
+    # its best column, after every round (bids and price-update sweeps alike).
+    cost = _sqdist(N, 2, seed=37)
+    with jax.enable_x64(True):
+        c = jnp.asarray(cost)
+        s = auction_lib.init(c)
+        seen_sweep = False
+        for _ in range(400):
+            if bool(auction_lib.terminate(s)):
+                break
+            nxt = _step(c, s, rtol=1e-6, scaling=5.0)
+            assert int(nxt.it) == int(s.it) + 1
+            assert np.all(np.asarray(nxt.prices) >= np.asarray(s.prices)), "prices fell"
+            assert int(nxt.updates) <= auction_lib._MAX_UPDATES_PER_PHASE
+            s = nxt
+            seen_sweep |= bool(s.sweeping)
+            _assert_consistent(s, N)
+            if not bool(s.sweeping):
+                obj, prices = np.asarray(s.obj), np.asarray(s.prices)
+                reduced = cost + prices[None, :]
+                best = reduced.min(axis=1)
+                rows = np.flatnonzero(obj < N)
+                slack = reduced[rows, obj[rows]] - best[rows]
+                # eps, plus the update's sweep tolerance eps/64, plus rounding.
+                bound = float(s.eps) * (1 + auction_lib._SWEEP_TOL) + _slop(cost)
+                assert slack.max(initial=0.0) <= bound
+        assert bool(auction_lib.terminate(s)), "no termination in 400 rounds"
+        res = auction_lib.finalize(c, s)
+    assert seen_sweep, "the problem should exercise a global price update"
+    _check(res, cost)
+
+
+def test_terminate_on_done_or_budget():
+    with jax.enable_x64(True):
+        s = auction_lib.init(jnp.asarray(_sqdist(N, 3, seed=41)))
+    assert not bool(auction_lib.terminate(s))
+    assert bool(auction_lib.terminate(s._replace(done=jnp.bool_(True))))
+    assert bool(auction_lib.terminate(s._replace(it=jnp.int32(7)), max_iterations=7))
+    assert not bool(auction_lib.terminate(s._replace(it=jnp.int32(6)), max_iterations=7))
+
+
+def test_finalize_certifies_any_state():
+    cost = _sqdist(N, 3, seed=43)
+    opt = _optimum(cost)
+    with jax.enable_x64(True):
+        c = jnp.asarray(cost)
+        res = auction_lib.finalize(c, auction_lib.init(c))
+    perm = np.asarray(res.perm)
+    assert np.array_equal(np.sort(perm), np.arange(N))
+    assert not bool(res.converged)
+    assert float(res.dual) <= opt + _slop(cost) <= float(res.primal) + 2 * _slop(cost)
+
+
+def test_global_price_updates_are_bounded_per_phase(monkeypatch):
+    # With a cap of 1, a stalling phase gets exactly one update (the phase-start
+    # one) and still solves: updates only speed bidding up.
+    monkeypatch.setattr(auction_lib, "_MAX_UPDATES_PER_PHASE", 1)
+    cost = _duplicated_sqdist(N, 2, seed=47, copies=4)
+    with jax.enable_x64(True):
+        c = jnp.asarray(cost)
+        s = auction_lib.init(c)
+        step = jax.jit(auction_lib.step, static_argnames=("rtol", "scaling"))
+        starts = 0
+        while not bool(auction_lib.terminate(s, max_iterations=20_000)):
+            nxt = step(c, s, rtol=1e-6, scaling=5.0)
+            starts += int(nxt.sweeping and not s.sweeping)
+            assert int(nxt.updates) <= 1
+            s = nxt
+        _check(auction_lib.finalize(c, s), cost)
+    assert starts >= 1
