@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -155,6 +156,13 @@ def _batches(args, name):
         yield b, lambda b=b: next(data.iter_batches(dataset, args.batch_size, b))[1]
 
 
+def _sites(names: list[str] | None):
+    """``--sites`` names -> the ``sites=`` of :func:`affjax.signature` (None: default sites)."""
+    if not names:
+        return None
+    return names[0] if len(names) == 1 else tuple(names)
+
+
 def _cmd_signature(args) -> int:
     from tqdm import tqdm
 
@@ -169,6 +177,8 @@ def _cmd_signature(args) -> int:
     dataset = "images:" + Path(args.images).name if args.images else args.dataset
     source = Path(args.images).stem if args.images else args.dataset  # no ':' in file names
     stem = f"{name}_{source}_{args.batch_size}_{args.batch_id}"
+    if args.sites:  # never overwrite the default signature with another selection's
+        stem += "_sites-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", "+".join(args.sites)).strip("-")
     partial_dir = out / f".{stem}.partial"
     settings = {
         "model": name,
@@ -181,6 +191,8 @@ def _cmd_signature(args) -> int:
         "solver": args.solver,
         "precision": args.precision,
         "functional": args.functional,
+        "sites": args.sites,
+        "feature_axis": args.feature_axis,
         "weights": info.get("weights"),
     }
     if args.rerun and partial_dir.exists():
@@ -211,6 +223,8 @@ def _cmd_signature(args) -> int:
             solver=args.solver,
             precision=args.precision,
             functional=args.functional,
+            sites=_sites(args.sites),
+            feature_axis=args.feature_axis,
         )
         batch_records = [{"batch": b, **r} for r in sig.records()]
         timings["batches"][b] = time.perf_counter() - t1
@@ -302,6 +316,20 @@ def _parser() -> argparse.ArgumentParser:
         "--functional",
         action="store_true",
         help="also score F.relu-style calls (keys 'path:F.relu'; not in the reference)",
+    )
+    s.add_argument(
+        "--sites",
+        nargs="+",
+        metavar="NAME_OR_GLOB",
+        help="score these calls instead of the activation sites: class names (BasicBlock), "
+        "activation kinds (ReLU), Flax paths (layer1_0) or path globs ('layer*/relu'); "
+        "each call is scored from its input to its output",
+    )
+    s.add_argument(
+        "--feature-axis",
+        type=int,
+        default=-1,
+        help="axis kept when a --sites call's tensors are reduced to [n, d] (default: last)",
     )
     s.add_argument("--out", default="results")
     s.add_argument("--rerun", action="store_true", help="ignore finished batches of a resumed run")
