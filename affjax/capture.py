@@ -174,12 +174,26 @@ def _hashable(module: nn.Module) -> bool:
     return True
 
 
+# Forwards of unhashable modules, closed over the module object and reused while
+# it is one of the last few seen (a training tracker scores one module every k steps).
+_CLOSED: dict[tuple[int, str], tuple[nn.Module, Any]] = {}
+_CLOSED_MAX = 8
+
+
 def _jit(fn, module: nn.Module, static: tuple[str, ...]):
-    """``fn`` jitted with ``module`` static: cached across calls when the module hashes,
-    else compiled once for this capture (closed over)."""
+    """``fn`` jitted with ``module`` static: jit's own cache when the module hashes,
+    else one closure per module object (the few most recent ones are kept)."""
     if _hashable(module):
         return functools.partial(fn, module)
-    return jax.jit(functools.partial(fn.__wrapped__, module), static_argnames=static)
+    key = (id(module), fn.__name__)
+    hit = _CLOSED.get(key)
+    if hit is not None and hit[0] is module:  # the entry keeps it alive: ids can't be reused
+        return hit[1]
+    jitted = jax.jit(functools.partial(fn.__wrapped__, module), static_argnames=static)
+    _CLOSED[key] = (module, jitted)
+    while len(_CLOSED) > _CLOSED_MAX:
+        _CLOSED.pop(next(iter(_CLOSED)))
+    return jitted
 
 
 @functools.partial(jax.jit, static_argnames=("module", "static_kwargs"))
