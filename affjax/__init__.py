@@ -10,6 +10,7 @@ inside a scoped ``jax.enable_x64``.
 
 from affjax.score import AffinityResult, affinity_score
 from affjax.signature import METRICS, Signature, SignatureError, signature
+from affjax.sites import site
 
 __version__ = "0.1.0"
 
@@ -20,4 +21,5 @@ __all__ = [
     "SignatureError",
     "affinity_score",
     "signature",
+    "site",
 ]

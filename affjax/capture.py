@@ -1,15 +1,29 @@
-"""Capture of activation calls through Flax's ``sow`` mechanism.
+"""Capture of the calls a signature scores, through Flax.
 
-:class:`affjax.models.layers.Activation` sows reduced features into the
-``"affinity"`` collection. This module runs a model with that collection
-mutable, in chunks of the batch, and returns the calls in execution order
-with the reference's keys (``f"{dotted_path}_{ClassName}"``).
+Two paths, one output (:class:`Call` list in execution order):
+
+* the built-in one (``sites=None``): our call sites
+  (:class:`affjax.models.layers.Activation`, :func:`affjax.site`) ``sow`` their
+  reduced features into the ``"affinity"`` collection; keys are the
+  reference's (``f"{dotted_path}_{ClassName}"``) for Activation sites and the
+  Flax path for :func:`affjax.site` ones.
+* the generic one (``sites=`` a predicate or shorthand, see
+  :func:`affjax.sites.selector`): a Flax method interceptor (the mechanism of
+  ``capture_intermediates``) records the reduced first positional argument and
+  output of every selected call, in-graph, into the ``"affinity_sites"``
+  collection, numbered in execution order. Any module can be a site.
+
+Both run the model in chunks of the batch; incoming variables may hold any
+collection (``module.init`` output keeps the init batch's records): the ones
+capture writes are dropped before ``apply``.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+import itertools
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -17,17 +31,30 @@ import jax.numpy as jnp
 import numpy as np
 
 from affjax import precision as precision_lib
+from affjax import sites as sites_lib
 from affjax.models import layers, registry
 
-__all__ = ["Call", "call_order", "capture", "reference_key"]
+__all__ = [
+    "SITES_COLLECTION",
+    "Call",
+    "batch_size",
+    "call_order",
+    "capture",
+    "reference_key",
+    "strip_collections",
+]
+
+#: Collection the generic path's interceptor ``sow``s into.
+SITES_COLLECTION = "affinity_sites"
+_OURS = (layers.COLLECTION, SITES_COLLECTION)
 
 
 class Call(NamedTuple):
     """One activation call with what it saw (reduced to ``[n, d]``)."""
 
-    key: str  # reference key, e.g. "layer1.0.relu_ReLU"; functional: "path:F.relu"
+    key: str  # "layer1.0.relu_ReLU" (Activation), "path:F.relu" (functional), Flax path otherwise
     call: int  # 0.. for modules called several times
-    kind: str  # torch class name
+    kind: str  # torch class name (Activation), function name (site), else module class
     functional: bool
     flax_path: tuple[str, ...]
     x: np.ndarray  # [n, d] reduced input, reference reduction
@@ -45,39 +72,146 @@ def reference_key(flax_path: tuple[str, ...], kind: str, functional: bool) -> st
     return f"{path}:F.{kind.lower()}" if functional else f"{path}_{kind}"
 
 
-def call_order(module: nn.Module, image_shape: tuple[int, ...]):
-    """Execution order of the activation calls: ``[(flax_path, kind, functional), ...]``.
+def strip_collections(variables: Mapping) -> dict:
+    """``variables`` without the collections capture writes (``"affinity"``, ``"affinity_sites"``).
+
+    ``module.init`` leaves the init batch's records in ``"affinity"``; ``sow``
+    would append to them and capture would read the init batch.
+    """
+    return {k: v for k, v in variables.items() if k not in _OURS}
+
+
+def batch_size(inputs) -> int:
+    """The common leading axis of every array in the ``inputs`` pytree."""
+    leaves = jax.tree.leaves(inputs)
+    if not leaves:
+        raise sites_lib.SiteError("inputs hold no arrays")
+    sizes = {np.shape(a)[0] if np.ndim(a) else None for a in leaves}
+    if None in sizes or len(sizes) != 1:
+        shapes = [np.shape(a) for a in leaves]
+        raise sites_lib.SiteError(
+            f"every input array needs the same leading (batch) axis; got shapes {shapes}"
+        )
+    return sizes.pop()
+
+
+def _to_device(a):
+    # float64 host data (numpy's default) runs in float32, as the ports expect.
+    a = jnp.asarray(a)
+    return a.astype(jnp.float32) if a.dtype == jnp.float64 else a
+
+
+def _split_kwargs(apply_kwargs: Mapping | None) -> tuple[tuple, dict]:
+    """(hashable static items, array items): ``train=False`` is static, masks are traced."""
+    static, dynamic = [], {}
+    for k, v in sorted((apply_kwargs or {}).items()):
+        leaves = jax.tree.leaves(v)
+        if leaves and all(isinstance(a, (jax.Array, np.ndarray)) for a in leaves):
+            dynamic[k] = v
+            continue
+        try:
+            hash(v)
+        except TypeError as err:
+            raise sites_lib.SiteError(
+                f"apply keyword {k}={v!r} is neither an array nor hashable"
+            ) from err
+        static.append((k, v))
+    return tuple(static), dynamic
+
+
+def call_order(module: nn.Module, inputs, apply_kwargs: Mapping | None = None, rngs=None):
+    """Execution order of our call sites: ``[(flax_path, kind, functional, key), ...]``.
 
     Traced abstractly (``jax.eval_shape`` of ``init``, so no variables are
     needed) with a Flax method interceptor: ``sow`` collections are nested by
     module, which loses the interleaving of repeated calls (a ResNet block's
-    single ``relu`` runs between other sites). Cached per module and image size,
-    so a multi-batch run traces the model once.
+    single ``relu`` runs between other sites). Cached per module, input
+    structure and static ``apply`` keywords, so a multi-batch run traces the
+    model once. ``inputs`` may be arrays, ``ShapeDtypeStruct``-s, or an image
+    shape tuple.
     """
-    return list(_call_order(module, tuple(image_shape[1:])))
+    if isinstance(inputs, tuple) and inputs and all(isinstance(i, int) for i in inputs):
+        inputs = jax.ShapeDtypeStruct(inputs, jnp.float32)
+    struct = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(
+            (1, *np.shape(a)[1:]), jnp.float32 if a.dtype == np.float64 else a.dtype
+        ),
+        inputs,
+    )
+    leaves, treedef = jax.tree.flatten(struct)
+    static, dynamic = _split_kwargs(apply_kwargs)
+    rng_names = tuple(sorted(rngs)) if rngs else ()
+    if dynamic or not _hashable(module):
+        return list(
+            _call_order.__wrapped__(module, treedef, tuple(leaves), static, rng_names, dynamic)
+        )
+    return list(_call_order(module, treedef, tuple(leaves), static, rng_names))
 
 
 @functools.lru_cache(maxsize=64)
-def _call_order(module: nn.Module, image_shape: tuple[int, ...]) -> tuple:
+def _call_order(module, treedef, leaves, static, rng_names, dynamic=None) -> tuple:
     order = []
 
     def interceptor(next_fun, args, kwargs, context):
         mod = context.module
         if isinstance(mod, layers.Activation) and context.method_name == "__call__":
-            order.append((tuple(mod.path), mod.kind, mod.functional))
+            key, kind, functional = sites_lib.site_key(mod)
+            order.append((tuple(mod.path), kind, functional, key))
         return next_fun(*args, **kwargs)
 
-    dummy = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    dummy = jax.tree.unflatten(treedef, leaves)
+    rngs = {name: jax.random.key(0) for name in ("params", *rng_names)}
+    init = functools.partial(module.init, **dict(static), **(dynamic or {}))
     with nn.intercept_methods(interceptor):
-        jax.eval_shape(module.init, jax.random.key(0), dummy)
+        jax.eval_shape(init, rngs, dummy)
     return tuple(order)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _forward(module, variables, images, forward_precision="highest"):
+def _hashable(module: nn.Module) -> bool:
+    try:
+        hash(module)
+    except TypeError:  # e.g. a list attribute (Flax's own ResNet takes stage_sizes=[2, 2, 2, 2])
+        return False
+    return True
+
+
+# Forwards of unhashable modules, closed over the module object and reused while
+# it is one of the last few seen (a training tracker scores one module every k steps).
+_CLOSED: dict[tuple[int, str], tuple[nn.Module, Any]] = {}
+_CLOSED_MAX = 8
+
+
+def _jit(fn, module: nn.Module, static: tuple[str, ...]):
+    """``fn`` jitted with ``module`` static: jit's own cache when the module hashes,
+    else one closure per module object (the few most recent ones are kept)."""
+    if _hashable(module):
+        return functools.partial(fn, module)
+    key = (id(module), fn.__name__)
+    hit = _CLOSED.get(key)
+    if hit is not None and hit[0] is module:  # the entry keeps it alive: ids can't be reused
+        return hit[1]
+    jitted = jax.jit(functools.partial(fn.__wrapped__, module), static_argnames=static)
+    _CLOSED[key] = (module, jitted)
+    while len(_CLOSED) > _CLOSED_MAX:
+        _CLOSED.pop(next(iter(_CLOSED)))
+    return jitted
+
+
+@functools.partial(jax.jit, static_argnames=("module", "static_kwargs", "forward_precision"))
+def _forward(
+    module, variables, images, dynamic_kwargs=None, rngs=None, *, static_kwargs=(),
+    forward_precision="highest",
+):  # fmt: skip
     # Traced inside the scope, so every conv and matmul carries its precision.
     with precision_lib.matmul_scope(forward_precision):
-        _, state = module.apply(variables, images, mutable=[layers.COLLECTION])
+        _, state = module.apply(
+            variables,
+            images,
+            **dict(static_kwargs),
+            **(dynamic_kwargs or {}),
+            rngs=rngs,
+            mutable=[layers.COLLECTION],
+        )
     return state.get(layers.COLLECTION, {})
 
 
@@ -87,79 +221,232 @@ def _lookup(tree: dict, path: tuple[str, ...]):
     return tree["calls"]
 
 
+# --------------------------------------------------------------------------- generic sites
+
+_SEP = "|"  # sow name: "method|kind|flags"; Flax names never hold "|"
+
+
+def _check_array(v, what: str, where: str) -> None:
+    if not isinstance(v, jax.Array) or v.ndim == 0:
+        raise sites_lib.SiteError(
+            f"selected site {where}: its {what} is {type(v).__name__}"
+            + (f" of shape {v.shape}" if hasattr(v, "shape") else "")
+            + ", not an array with a leading batch axis; narrow sites= to modules "
+            "that map [n, ...] arrays to [n, ...] arrays"
+        )
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("module", "select", "feature_axis", "static_kwargs", "forward_precision"),
+)
+def _forward_sites(
+    module, variables, inputs, dynamic_kwargs=None, rngs=None, *, select, feature_axis,
+    static_kwargs=(), forward_precision="highest",
+):  # fmt: skip
+    counter = itertools.count()  # trace order = execution order; local to this trace
+
+    def interceptor(next_fun, args, kwargs, context):
+        mod, method = context.module, context.method_name
+        if method == "setup" or not select(mod, method):
+            return next_fun(*args, **kwargs)
+        order = next(counter)  # numbered at call start: a block comes before its inner sites
+        y = next_fun(*args, **kwargs)
+        where = sites_lib.flax_key(tuple(mod.path), method, type(mod).__name__)
+        x = args[0] if args else None
+        _check_array(x, "first positional argument", where)
+        _check_array(y, "output", where)
+        if x.shape[0] != y.shape[0]:
+            raise sites_lib.SiteError(
+                f"selected site {where}: input batch {x.shape[0]} != output batch {y.shape[0]}"
+            )
+        if isinstance(mod, layers.Activation) and method == "__call__":
+            record = mod.record(x, y)  # our sites keep their own reduction
+        else:
+            try:
+                record = sites_lib.generic_record(x, y, feature_axis)
+            except sites_lib.SiteError as err:
+                raise sites_lib.SiteError(f"selected site {where}: {err}") from None
+        record["order"] = jnp.asarray(order, jnp.int32)
+        _, kind, functional = sites_lib.site_key(mod, method)
+        torch_key = isinstance(mod, layers.Activation) and not isinstance(mod, sites_lib.Site)
+        flags = ("F" if functional else "") + ("T" if torch_key and method == "__call__" else "")
+        mod.sow(SITES_COLLECTION, _SEP.join((method, kind, flags)), record)
+        return y
+
+    with nn.intercept_methods(interceptor), precision_lib.matmul_scope(forward_precision):
+        _, state = module.apply(
+            variables,
+            inputs,
+            **dict(static_kwargs),
+            **(dynamic_kwargs or {}),
+            rngs=rngs,
+            mutable=[SITES_COLLECTION],
+        )
+    return state.get(SITES_COLLECTION, {})
+
+
+def _walk(tree: Mapping, path: tuple[str, ...] = ()):
+    """(flax_path, sow name, records) for every recorded site in a collection tree."""
+    for name, value in tree.items():
+        if isinstance(value, tuple):
+            yield path, name, value
+        else:
+            yield from _walk(value, (*path, name))
+
+
+def _chunked(fn, inputs, n: int, chunk_size: int | None, progress) -> list:
+    """``fn(chunk)`` on the host for every chunk of ``inputs`` (pytree, batch-leading)."""
+    step = n if not chunk_size else min(chunk_size, n)
+    out = []
+    for start in range(0, n, step):
+        chunk = jax.tree.map(lambda a, s=start: _to_device(a[s : s + step]), inputs)
+        m = jax.tree.leaves(chunk)[0].shape[0]
+        if m < step:
+            # Pad a short last chunk to the compiled shape (samples are
+            # independent in eval mode) instead of compiling the forward again.
+            chunk = jax.tree.map(
+                lambda c, a, m=m: jnp.concatenate([c, _to_device(a[: step - m])]), chunk, inputs
+            )
+            state = jax.tree.map(lambda a, m=m: a[:m] if a.ndim else a, fn(chunk))
+        else:
+            state = fn(chunk)
+        out.append(jax.device_get(state))
+        if progress is not None:
+            progress(min(start + step, n), n)
+    return out
+
+
+def _concat(recs: list[dict], field: str):
+    if field not in recs[0]:
+        return None
+    return np.concatenate([np.asarray(r[field]) for r in recs], axis=0)
+
+
+def _make_call(key, k, kind, functional, path, recs) -> Call:
+    return Call(
+        key=key,
+        call=k,
+        kind=kind,
+        functional=functional,
+        flax_path=path,
+        x=_concat(recs, "x"),
+        y=_concat(recs, "y"),
+        x_channels=_concat(recs, "x_channels"),
+        y_channels=_concat(recs, "y_channels"),
+        sparsity_x=float(np.mean(_concat(recs, "sparsity_x"), dtype=np.float64)),
+        sparsity_y=float(np.mean(_concat(recs, "sparsity_y"), dtype=np.float64)),
+    )
+
+
+def _capture_sites(fn, inputs, n, chunk_size, functional, progress) -> list[Call]:
+    chunks = _chunked(fn, inputs, n, chunk_size, progress)
+    per_chunk = [
+        {(path, name, k): r for path, name, recs in _walk(c) for k, r in enumerate(recs)}
+        for c in chunks
+    ]
+    entries = sorted(per_chunk[0], key=lambda e: int(per_chunk[0][e]["order"]))
+    seen: dict[str, int] = {}
+    calls = []
+    for path, name, k in entries:
+        method, kind, flags = name.split(_SEP)
+        is_functional = "F" in flags
+        if is_functional and not functional:
+            continue
+        if "T" in flags:
+            key = reference_key(path, kind, is_functional)
+        else:
+            key = sites_lib.flax_key(path, method, kind)
+        call = seen.get(key, 0)
+        seen[key] = call + 1
+        recs = [c[(path, name, k)] for c in per_chunk]
+        calls.append(_make_call(key, call, kind, is_functional, path, recs))
+    return calls
+
+
 def capture(
     module: nn.Module,
-    variables: dict,
-    images,
+    variables: Mapping,
+    inputs,
     *,
     chunk_size: int | None = None,
     functional: bool = False,
     progress=None,
+    sites: Any = None,
+    feature_axis: int = -1,
+    apply_kwargs: Mapping | None = None,
+    rngs: Mapping | None = None,
     forward_precision: str = "highest",
 ) -> list[Call]:
-    """Runs ``module`` on ``images`` and returns every activation call in order.
+    """Runs ``module`` on ``inputs`` and returns every selected call in execution order.
 
     Args:
-        module: a Flax model built from :mod:`affjax.models` layers.
-        variables: its variables (``params``, ``batch_stats``).
-        images: ``[n, H, W, 3]`` float images, already preprocessed.
-        chunk_size: forward at most this many images at once (memory); the
-            reduced features are concatenated on the host.
-        functional: also return ``torch.nn.functional`` call sites, which the
-            reference does not see (keys ``"path:F.relu"``).
+        module: any Flax linen module.
+        variables: its variables (``params``, ``batch_stats``...); any other
+            collections are allowed (the ones capture writes are dropped).
+        inputs: the first argument of ``module.apply``: an array (``[n, H, W, 3]``
+            images for our ports) or any pytree of arrays whose leading axis is
+            the batch.
+        chunk_size: forward at most this many samples at once (memory); every
+            leaf is sliced; the reduced features are concatenated on the host.
+        functional: also return ``torch.nn.functional`` call sites of our ports,
+            which the reference does not see (keys ``"path:F.relu"``).
         progress: optional callable ``progress(done, total)`` after each chunk.
+        sites: ``None`` for our call sites (built-in path), or a predicate
+            ``(module, method_name) -> bool`` / shorthand (see
+            :func:`affjax.sites.selector`) for the generic path.
+        feature_axis: generic sites reduce ``[n, ...]`` to ``[n, d]`` by averaging
+            every axis but the batch and this one (our Activation sites keep the
+            reference reduction; :func:`affjax.site` sites their own axis).
+        apply_kwargs: keyword arguments of ``apply`` (``train=False``...);
+            hashable values are static, arrays are passed whole to every chunk.
+        rngs: ``apply``'s rngs (``{"dropout": key}``), the same for every chunk.
         forward_precision: ``"highest"`` or ``"default"`` matmul/conv precision
-            (see :func:`affjax.signature.signature`).
+            of the forward pass (see :func:`affjax.signature.signature`).
 
     Returns:
         :class:`Call` list in execution order.
     """
-    images = np.asarray(images) if not isinstance(images, jax.Array) else images
-    n = images.shape[0]
-    step = n if not chunk_size else min(chunk_size, n)
-    order = call_order(module, images.shape)
-    chunks = []
-    for start in range(0, n, step):
-        chunk = jnp.asarray(images[start : start + step], jnp.float32)
-        m = chunk.shape[0]
-        if m < step:
-            # Pad a short last chunk to the compiled shape (samples are
-            # independent in eval mode) instead of compiling the forward again.
-            pad = jnp.asarray(images[: step - m], jnp.float32)
-            state = _forward(module, variables, jnp.concatenate([chunk, pad]), forward_precision)
-            state = jax.tree.map(lambda a, m=m: a[:m], state)
-        else:
-            state = _forward(module, variables, chunk, forward_precision)
-        chunks.append(jax.device_get(state))
-        if progress is not None:
-            progress(min(start + step, n), n)
+    n = batch_size(inputs)
+    if not isinstance(inputs, jax.Array):
+        inputs = jax.tree.map(lambda a: a if isinstance(a, jax.Array) else np.asarray(a), inputs)
+    variables = strip_collections(variables)
+    static, dynamic = _split_kwargs(apply_kwargs)
+    if sites is not None:
+        select = sites_lib.selector(sites)
+        fn = functools.partial(
+            _jit(
+                _forward_sites,
+                module,
+                ("select", "feature_axis", "static_kwargs", "forward_precision"),
+            ),
+            variables,
+            dynamic_kwargs=dynamic,
+            rngs=rngs,
+            select=select,
+            feature_axis=feature_axis,
+            static_kwargs=static,
+            forward_precision=forward_precision,
+        )
+        return _capture_sites(fn, inputs, n, chunk_size, functional, progress)
+    order = call_order(module, inputs, apply_kwargs, rngs)
+
+    forward = _jit(_forward, module, ("static_kwargs", "forward_precision"))
+
+    def fn(chunk):
+        return forward(
+            variables, chunk, dynamic, rngs, static_kwargs=static,
+            forward_precision=forward_precision,
+        )  # fmt: skip
+
+    chunks = _chunked(fn, inputs, n, chunk_size, progress)
     seen: dict[tuple[str, ...], int] = {}
     calls = []
-    for path, kind, is_functional in order:
+    for path, kind, is_functional, key in order:
         k = seen.get(path, 0)
         seen[path] = k + 1
         if is_functional and not functional:
             continue
         recs = [_lookup(c, path)[k] for c in chunks]
-
-        def cat(field, recs=recs):
-            if field not in recs[0]:
-                return None
-            return np.concatenate([np.asarray(r[field]) for r in recs], axis=0)
-
-        calls.append(
-            Call(
-                key=reference_key(path, kind, is_functional),
-                call=k,
-                kind=kind,
-                functional=is_functional,
-                flax_path=path,
-                x=cat("x"),
-                y=cat("y"),
-                x_channels=cat("x_channels"),
-                y_channels=cat("y_channels"),
-                sparsity_x=float(np.mean(cat("sparsity_x"), dtype=np.float64)),
-                sparsity_y=float(np.mean(cat("sparsity_y"), dtype=np.float64)),
-            )
-        )
+        calls.append(_make_call(key, k, kind, is_functional, path, recs))
     return calls

@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -112,6 +113,8 @@ def _settings(args, name: str, dataset: str, info: dict) -> dict:
         "dtype": precision_lib.resolve(args.dtype),
         "forward_precision": args.forward_precision,
         "functional": args.functional,
+        "sites": args.sites,
+        "feature_axis": args.feature_axis,
         "chunk_size": args.chunk_size,
         "weights": info.get("weights"),
     }
@@ -216,6 +219,13 @@ def _dtype_option(args) -> None:
     args.dtype = args.dtype or "auto"
 
 
+def _sites(names: list[str] | None):
+    """``--sites`` names -> the ``sites=`` of :func:`affjax.signature` (None: default sites)."""
+    if not names:
+        return None
+    return names[0] if len(names) == 1 else tuple(names)
+
+
 def _cmd_signature(args) -> int:
     from tqdm import tqdm
 
@@ -231,6 +241,8 @@ def _cmd_signature(args) -> int:
     dataset = "images:" + Path(args.images).name if args.images else args.dataset
     source = Path(args.images).stem if args.images else args.dataset  # no ':' in file names
     stem = f"{name}_{source}_{args.batch_size}_{args.batch_id}"
+    if args.sites:  # never overwrite the default signature with another selection's
+        stem += "_sites-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", "+".join(args.sites)).strip("-")
     partial_dir = out / f".{stem}.partial"
     settings = _settings(args, name, dataset, info)
     if args.rerun and partial_dir.exists():
@@ -264,6 +276,8 @@ def _cmd_signature(args) -> int:
             forward_precision=args.forward_precision,
             functional=args.functional,
             rtol=args.rtol,
+            sites=_sites(args.sites),
+            feature_axis=args.feature_axis,
         )
         batch_records = [{"batch": b, **r} for r in sig.records()]
         timings["batches"][b] = time.perf_counter() - t1
@@ -396,6 +410,20 @@ def _parser() -> argparse.ArgumentParser:
         "--functional",
         action="store_true",
         help="also score F.relu-style calls (keys 'path:F.relu'; not in the reference)",
+    )
+    s.add_argument(
+        "--sites",
+        nargs="+",
+        metavar="NAME_OR_GLOB",
+        help="score these calls instead of the activation sites: class names (BasicBlock), "
+        "activation kinds (ReLU), Flax paths (layer1_0) or path globs ('layer*/relu'); "
+        "each call is scored from its input to its output",
+    )
+    s.add_argument(
+        "--feature-axis",
+        type=int,
+        default=-1,
+        help="axis kept when a --sites call's tensors are reduced to [n, d] (default: last)",
     )
     s.add_argument("--out", default="results")
     s.add_argument("--rerun", action="store_true", help="ignore finished batches of a resumed run")

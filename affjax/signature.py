@@ -16,11 +16,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from affjax import capture as capture_lib
 from affjax import metrics as metrics_lib
 from affjax import precision as precision_lib
 from affjax import reports
 from affjax import score as score_lib
-from affjax.capture import Call, capture
+from affjax import sites as sites_lib
+from affjax.capture import Call
 from affjax.solvers import assignment
 
 __all__ = [
@@ -189,8 +191,13 @@ def score_calls(
         return c.x, c.y
 
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    mismatched = set()
     for i, c in enumerate(calls):
-        n, d = features(c)[0].shape
+        fx, fy = features(c)
+        if fx.shape != fy.shape:  # a site changing width (a strided block): no [n, d] -> [n, d] map
+            mismatched.add(i)
+            continue
+        n, d = fx.shape
         groups[(n, _bucket(d))].append(i)
 
     wanted = tuple(m for m in METRICS if m in metrics)
@@ -246,7 +253,7 @@ def score_calls(
             elif m == "sparsity_after":
                 rec[m] = c.sparsity_y
             else:
-                rec[m] = float(r[m])
+                rec[m] = float(r.get(m, np.nan))
         for extra in ("w2", "gap"):
             if extra in r:
                 rec[extra] = float(r[extra])
@@ -256,7 +263,7 @@ def score_calls(
         rec["ill_posed"] = " ".join(ill)
         if "degenerate" in r:
             rec["degenerate"] = bool(r["degenerate"])
-        rec["status"] = _status(r)
+        rec["status"] = "shape_mismatch" if order in mismatched else _status(r)
         records.append(rec)
     return records
 
@@ -289,10 +296,17 @@ class Signature:
         bad = self.failures()
         if bad:
             names = ", ".join(f"{r['layer']}[{r['call']}]: {r['status']}" for r in bad[:10])
-            raise SignatureError(
-                f"{len(bad)} activation call(s) could not be scored ({names}); "
+            hint = (
                 "non-finite activations usually mean unnormalised inputs or broken weights"
+                if any(r["status"] != "shape_mismatch" for r in bad)
+                else ""
             )
+            if any(r["status"] == "shape_mismatch" for r in bad):
+                hint += ("; " if hint else "") + (
+                    "shape_mismatch: the site's output width differs from its input's "
+                    "(the affine map needs equal widths); select sites that keep the width"
+                )
+            raise SignatureError(f"{len(bad)} call(s) could not be scored ({names}); {hint}")
         return self
 
     def to_csv(self, path) -> None:
@@ -307,10 +321,15 @@ class Signature:
         )
 
 
+def _is_port(module: nn.Module) -> bool:
+    """A registry model (our torchvision ports), which takes NHWC images."""
+    return type(module).__module__.startswith("affjax.models.")
+
+
 def signature(
     module: nn.Module,
     variables: dict,
-    images,
+    inputs,
     *,
     reduce: str = "reference",
     metrics: Sequence[str] = METRICS,
@@ -320,20 +339,28 @@ def signature(
     functional: bool = False,
     rtol: float = 1e-6,
     progress: Callable[[int, int], None] | None = None,
+    sites=None,
+    feature_axis: int = -1,
+    apply_kwargs: dict | None = None,
+    rngs: dict | None = None,
     forward_precision: str = "highest",
     precision: str | None = None,
 ) -> Signature:
-    r"""Non-linearity signature of a Flax model on a batch of images.
+    r"""Non-linearity signature of a Flax model on a batch of inputs.
 
     Args:
-        module: a model from :func:`affjax.models.get_model` (or any module
-            built with :class:`affjax.models.layers.Activation` call sites).
-        variables: its variables, e.g. from ``converters.torchvision.convert``.
-        images: ``[n, H, W, 3]`` float images, already preprocessed; ``n >= 2``.
+        module: any Flax linen module: a model from
+            :func:`affjax.models.get_model`, or your own.
+        variables: its variables, e.g. ``module.init(...)`` output or
+            ``converters.torchvision.convert``; extra collections are fine.
+        inputs: the first argument of ``module.apply``: ``[n, H, W, 3]``
+            preprocessed images for our ports, or any pytree of arrays (tokens,
+            tabular rows...) whose leading axis is the batch; ``n >= 2``.
         reduce: ``"reference"`` (the published torch-layout reduction) or
-            ``"channels"`` (mean over every axis but batch and channel).
+            ``"channels"`` (mean over every axis but batch and channel), for
+            our Activation sites.
         metrics: subset of :data:`METRICS`.
-        chunk_size: forward at most this many images at once.
+        chunk_size: forward at most this many samples at once.
         solver: assignment backend (``"auto"``, ``"host"``, ``"auction"``).
         dtype: ``"auto"``, ``"float64"`` or ``"float32"`` for the scores
             (their matmuls always run at ``Precision.HIGHEST``).
@@ -341,6 +368,18 @@ def signature(
             ``"path:F.relu"``), which the reference does not see.
         rtol: duality gap the auction must certify.
         progress: ``progress(done, total)`` callback for the forward pass.
+        sites: which calls are scored. ``None``: our call sites
+            (:class:`~affjax.models.layers.Activation`, :func:`affjax.site`).
+            Otherwise a predicate ``(module, method_name) -> bool`` as Flax's
+            ``capture_intermediates`` takes, a class name, a path glob
+            (``"*/mlp*"``), or a tuple of these (:func:`affjax.sites.selector`).
+            A selected call is scored from its first positional argument to
+            its output.
+        feature_axis: the axis a generic site keeps when its tensors are
+            reduced to ``[n, d]`` (every other non-batch axis is averaged);
+            default: the last.
+        apply_kwargs: keyword arguments of ``module.apply`` (``{"train": False}``).
+        rngs: rngs of ``module.apply`` (``{"dropout": key}``).
         forward_precision: matmul/conv precision of the model forward:
             ``"highest"`` (default; float32 products, whatever the platform) or
             ``"default"`` (the platform's: one bfloat16 pass on TPU, TF32
@@ -357,24 +396,40 @@ def signature(
             f"unknown forward_precision {forward_precision!r}; "
             f"choose one of {precision_lib.FORWARD_PRECISIONS}"
         )
-    n = images.shape[0]
+    try:
+        n = capture_lib.batch_size(inputs)
+    except sites_lib.SiteError as err:
+        raise SignatureError(str(err)) from None
     if n < 2:
-        raise SignatureError(f"need at least 2 images to estimate covariances, got {n}")
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise SignatureError(f"images must be NHWC [n, H, W, 3], got shape {images.shape}")
-    calls = capture(
-        module,
-        variables,
-        images,
-        chunk_size=chunk_size,
-        functional=functional,
-        progress=progress,
-        forward_precision=forward_precision,
-    )
+        raise SignatureError(f"need at least 2 samples to estimate covariances, got {n}")
+    if _is_port(module) and sites is None:
+        shape = np.shape(inputs) if not isinstance(inputs, (dict, list, tuple)) else None
+        if shape is None or len(shape) != 4 or shape[-1] != 3:
+            raise SignatureError(f"images must be NHWC [n, H, W, 3], got shape {shape}")
+    try:
+        calls = capture_lib.capture(
+            module,
+            variables,
+            inputs,
+            chunk_size=chunk_size,
+            functional=functional,
+            progress=progress,
+            sites=sites,
+            feature_axis=feature_axis,
+            apply_kwargs=apply_kwargs,
+            rngs=rngs,
+            forward_precision=forward_precision,
+        )
+    except sites_lib.SiteError as err:
+        raise SignatureError(str(err)) from None
     if not calls:
+        if sites is not None:
+            raise SignatureError(f"sites={sites!r} selected no call of the model")
         raise SignatureError(
             "the model has no activation call sites the reference would see"
             + ("" if functional else "; pass functional=True to score F.relu-style calls")
+            + "; wrap function activations with affjax.site (act=affjax.site(nn.relu)) or "
+            "choose modules with sites= (a class name, a path glob or a predicate)"
         )
     records = score_calls(
         calls, reduce=reduce, metrics=metrics, solver=solver, dtype=dtype, rtol=rtol
@@ -387,7 +442,17 @@ def signature(
         "forward_precision": forward_precision,
         "rtol": rtol,
         "functional": functional,
+        "sites": "default" if sites is None else _describe(sites),
+        "feature_axis": feature_axis,
         "num_calls": len(records),
         "nan_policy": "failed calls are NaN with a status",
     }
     return Signature(records, meta)
+
+
+def _describe(sites) -> str:
+    if isinstance(sites, (tuple, list)):
+        return ", ".join(_describe(s) for s in sites)
+    if isinstance(sites, str):
+        return sites
+    return getattr(sites, "__qualname__", None) or repr(sites)

@@ -50,6 +50,19 @@ def test_signature_run_writes_csv_json_png(tmp_path, capsys):
 
 
 @requires_torch
+def test_sites_scores_chosen_modules_into_their_own_files(tmp_path):
+    argv = [*BASE, "--sites", "layer1_0", "layer1_1", "--out", str(tmp_path)]
+    assert cli.main(argv) == 0
+    stem = tmp_path / "resnet18_random_4_0_sites-layer1_0-layer1_1"
+    payload = json.loads(stem.with_suffix(".json").read_text())
+    assert payload["meta"]["sites"] == ["layer1_0", "layer1_1"]
+    # whole residual blocks, keyed by their Flax paths
+    assert [r["layer"] for r in payload["records"]] == ["layer1_0", "layer1_1"]
+    assert [r["kind"] for r in payload["records"]] == ["BasicBlock", "BasicBlock"]
+    assert all(r["status"] == "ok" and r["d"] == 64 for r in payload["records"])
+    assert not (tmp_path / "resnet18_random_4_0.json").exists()  # default output untouched
+
+
 def test_interrupted_run_resumes(tmp_path, monkeypatch):
     real = signature_lib.signature
     calls = []

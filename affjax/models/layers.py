@@ -113,17 +113,22 @@ class Activation(nn.Module):
         fn = self.fn or _FUNCTIONS[self.kind]
         y = fn(x)
         if self.is_mutable_collection(COLLECTION):
-            record = {
-                "x": _reference_reduce(x, self.torch_layout),
-                "y": _reference_reduce(y, self.torch_layout),
-                "sparsity_x": _per_sample_sparsity(x),
-                "sparsity_y": _per_sample_sparsity(y),
-            }
-            if x.ndim > 2 and not (x.ndim == 4 and self.torch_layout == "NCHW"):
-                record["x_channels"] = _channel_reduce(x)
-                record["y_channels"] = _channel_reduce(y)
-            self.sow(COLLECTION, "calls", record)
+            self.sow(COLLECTION, "calls", self.record(x, y))
         return y
+
+    @nn.nowrap
+    def record(self, x: jax.Array, y: jax.Array) -> dict:
+        """What one call records: the reference reduction (and the channel one where it differs)."""
+        record = {
+            "x": _reference_reduce(x, self.torch_layout),
+            "y": _reference_reduce(y, self.torch_layout),
+            "sparsity_x": _per_sample_sparsity(x),
+            "sparsity_y": _per_sample_sparsity(y),
+        }
+        if x.ndim > 2 and not (x.ndim == 4 and self.torch_layout == "NCHW"):
+            record["x_channels"] = _channel_reduce(x)
+            record["y_channels"] = _channel_reduce(y)
+        return record
 
 
 # --------------------------------------------------------------------------- layers
