@@ -36,17 +36,37 @@ def nhwc_images(x: torch.Tensor) -> jnp.ndarray:
     return jnp.asarray(x.permute(0, 2, 3, 1).numpy())
 
 
-SIGNATURE_TOL = 1e-3  # per call, every metric (norm_diff relative)
+# Per call, affjax's whole signature against the float64 reference on the same
+# seeded model and images. Both score float32 activations from their own framework's
+# forward pass, which differ by ~1e-7 relative; that, not the score math (float64
+# against float64 agrees to ~1e-11, test_signature.py), sets these. Measured worst
+# over resnet18 and alexnet (n = 128, 64 px) and densenet121 (n = 128, 32 px), and
+# the tolerance as a multiple of it:
+SIGNATURE_TOL = {
+    "aff_score": 5e-6,  # 1.5e-7, 33x
+    "aff_score_corrected": 5e-6,  # 1.1e-7, 45x
+    "cka_score": 5e-6,  # 1.6e-7, 31x
+    "ent_before": 1e-3,  # 1.3e-4, 8x: a value on a bin edge moves one count
+    "ent_after": 1e-3,  # 1.2e-4, 8x
+    "sparsity_before": 3e-4,  # 1.5e-5, 20x: entries at the 1e-3 threshold flip
+    "sparsity_after": 3e-4,  # 1.5e-5, 20x
+    "norm_diff": 5e-6,  # 1.3e-7 relative, 38x
+    "r2_score": 2e-5,  # 5.8e-7, 34x (well-posed calls only)
+}
 
 
 def compare_signature(
-    name: str, n: int, size: int, reduce: str = "reference", tol: float = SIGNATURE_TOL
+    name: str, n: int, size: int, reduce: str = "reference", tol: float | dict | None = None
 ) -> tuple[list[dict], dict[str, float]]:
     """Whole signature against the float64 PyTorch reference, every metric per call.
 
     Returns the records and the worst per-metric deviation, so a test can also
-    assert on the measured error.
+    assert on the measured error. ``tol``: one number for every metric, a dict
+    per metric, or ``None`` for :data:`SIGNATURE_TOL`.
     """
+    tols = SIGNATURE_TOL if tol is None else tol
+    if not isinstance(tols, dict):
+        tols = dict.fromkeys(METRICS, float(tols))
     model = seeded_model(name)
     module, variables = convert(model, name)
     x = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(5))
@@ -70,6 +90,6 @@ def compare_signature(
             g = got[site][m]
             err = abs(g - w[m]) / (max(abs(w[m]), 1.0) if m == "norm_diff" else 1.0)
             worst[m] = max(worst.get(m, 0.0), err)
-            assert err <= tol, f"{name} {site} {m}: affjax {g} vs reference {w[m]}"
+            assert err <= tols[m], f"{name} {site} {m}: affjax {g} vs reference {w[m]}"
     assert all(r["status"] == "ok" for r in records)
     return records, worst

@@ -50,21 +50,32 @@ def test_densenet121_signature_matches_reference():
     assert len(records) == 1 + 2 * (6 + 12 + 24 + 16) + 3
 
 
-def test_chunked_forward_equals_whole_batch():
+def test_chunked_forward_equals_whole_batch(monkeypatch):
+    import chex
+    import jax
+
     model = seeded_model("resnet18")
     module, variables = convert(model, "resnet18")
     x = nhwc_images(torch.randn(12, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
-    a = signature(module, variables, x, metrics=("aff_score", "sparsity_after")).records()
-    compiled = capture_lib._forward._cache_size()
-    b = signature(
-        module, variables, x, chunk_size=5, metrics=("aff_score", "sparsity_after")
-    ).records()
-    # chunks of 5, 5 and 2: the short one is padded, so one new compile, not two
-    assert capture_lib._forward._cache_size() == compiled + 1
+    # Count traces of the forward: the whole batch compiles once, chunks of 5, 5 and 2
+    # once more (the short one is padded to the compiled shape), never a third time.
+    counted = jax.jit(
+        chex.assert_max_traces(capture_lib._forward.__wrapped__, n=2),
+        static_argnames=("module", "static_kwargs", "forward_precision"),
+    )
+    monkeypatch.setattr(capture_lib, "_forward", counted)
+    metrics = ("aff_score", "sparsity_after")
+    a = signature(module, variables, x, metrics=metrics).records()
+    b = signature(module, variables, x, chunk_size=5, metrics=metrics).records()
+    chex.clear_trace_counter()
     for ra, rb in zip(a, b, strict=True):
         assert ra["layer"] == rb["layer"]
-        assert ra["aff_score"] == pytest.approx(rb["aff_score"], abs=1e-6)
-        assert ra["sparsity_after"] == pytest.approx(rb["sparsity_after"], abs=1e-7)
+        # XLA may pick other conv algorithms for batch 5 than 12: float32 activations
+        # differ in the last bits (measured score |diff| 7.5e-9; 5e-7 is 67x). An
+        # entry at the 1e-3 sparsity threshold may flip (measured: none); one flip in
+        # the smallest tensor (12 x 512 x 1 x 1) is 1.6e-4.
+        assert ra["aff_score"] == pytest.approx(rb["aff_score"], abs=5e-7)
+        assert ra["sparsity_after"] == pytest.approx(rb["sparsity_after"], abs=2e-4)
 
 
 def test_outputs_and_nan_policy(tmp_path):
