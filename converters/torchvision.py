@@ -57,7 +57,9 @@ _LEAVES = {
     ("batch_stats", "var"): "running_var",
 }
 
-_IGNORED_SUFFIXES = ("num_batches_tracked",)
+# Buffers that are not variables: BatchNorm's counter, and index tables that the
+# Flax modules derive from their config (MaxViT's ``relative_position_index``).
+_IGNORED_SUFFIXES = ("num_batches_tracked", "relative_position_index")
 
 
 class ConversionError(ValueError):
@@ -173,8 +175,10 @@ def convert(torch_model: torch.nn.Module, name: str | None = None) -> tuple[nn.M
     errors = []
     for candidate in _candidates(torch_model, name):
         spec = registry.get(candidate)
-        config = spec.from_torch(torch_model) if spec.from_torch else {}
-        module = models.get_model(candidate, num_classes=num_classes, **config)
+        # from_torch may set num_classes itself (MaxViT's classifier has no bias).
+        config = {"num_classes": num_classes}
+        config.update(spec.from_torch(torch_model) if spec.from_torch else {})
+        module = models.get_model(candidate, **config)
         try:
             return module, _merge(_template(module), state, spec.ignore_torch_keys)
         except ConversionError as err:

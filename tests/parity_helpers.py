@@ -56,18 +56,24 @@ SIGNATURE_TOL = {
 
 
 def compare_signature(
-    name: str, n: int, size: int, reduce: str = "reference", tol: float | dict | None = None
+    name: str,
+    n: int,
+    size: int,
+    reduce: str = "reference",
+    tol: float | dict | None = None,
+    model: torch.nn.Module | None = None,
 ) -> tuple[list[dict], dict[str, float]]:
     """Whole signature against the float64 PyTorch reference, every metric per call.
 
     Returns the records and the worst per-metric deviation, so a test can also
     assert on the measured error. ``tol``: one number for every metric, a dict
-    per metric, or ``None`` for :data:`SIGNATURE_TOL`.
+    per metric, or ``None`` for :data:`SIGNATURE_TOL`. ``model`` replaces the
+    seeded ``name``.
     """
     tols = SIGNATURE_TOL if tol is None else tol
     if not isinstance(tols, dict):
         tols = dict.fromkeys(METRICS, float(tols))
-    model = seeded_model(name)
+    model = seeded_model(name) if model is None else model
     module, variables = convert(model, name)
     x = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(5))
     ref = reference_signature(model, x, dtype=torch.float64)
@@ -93,3 +99,21 @@ def compare_signature(
             assert err <= tols[m], f"{name} {site} {m}: affjax {g} vs reference {w[m]}"
     assert all(r["status"] == "ok" for r in records)
     return records, worst
+
+
+def randomize_affine(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random LayerNorm weights/biases and ``layer_scale`` Parameters, in place.
+
+    torchvision initialises them to 1, 0 and 1e-6 (ConvNeXt): a port that swapped,
+    dropped or mis-shaped them would still match at init.
+    """
+    gen = torch.Generator().manual_seed(seed + 2)
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.LayerNorm) and mod.elementwise_affine:
+                mod.weight.copy_(0.5 + torch.rand(mod.weight.shape, generator=gen))
+                mod.bias.copy_(0.1 * torch.randn(mod.bias.shape, generator=gen))
+        for name, p in model.named_parameters():
+            if name.rsplit(".", 1)[-1] == "layer_scale":
+                p.copy_(0.5 + torch.rand(p.shape, generator=gen))
+    return model

@@ -24,6 +24,7 @@ __all__ = [
     "Activation",
     "BatchNorm",
     "ConvNormActivation",
+    "LayerNorm",
     "SqueezeExcitation",
     "adaptive_avg_pool",
     "avg_pool",
@@ -332,3 +333,9 @@ def adaptive_avg_pool(x: jax.Array, output_size: int | Sequence[int]) -> jax.Arr
 def flatten_nchw(x: jax.Array) -> jax.Array:
     """``torch.flatten(x, 1)`` of the NCHW tensor torch holds, so Linear weights line up."""
     return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1) if x.ndim == 4 else x
+
+
+#: ``torch.nn.LayerNorm`` over the last axis: eps 1e-5 unless given, and the
+#: two-pass variance torch computes (Flax's default ``E[x^2] - E[x]^2`` loses
+#: digits when the mean is large against the spread).
+LayerNorm = functools.partial(nn.LayerNorm, epsilon=1e-5, use_fast_variance=False)
