@@ -19,7 +19,7 @@ import numpy as np
 from affjax import metrics as metrics_lib
 from affjax import precision as precision_lib
 from affjax import reports
-from affjax.capture import Call, capture
+from affjax.capture import Call, call_order, capture
 from affjax.score import _score
 from affjax.solvers import assignment
 
@@ -41,6 +41,13 @@ REDUCTIONS = ("reference", "channels")
 
 # Largest stack of [n, n] cost matrices scored in one vmapped call (memory).
 _MAX_GROUP_BYTES = 2 << 30
+
+
+_FUNCTIONAL_ONLY_NOTE = (
+    "empty signature: all {k} activation calls of this model are torch.nn.functional "
+    "calls (F.relu), which the reference's hooks do not see; pass functional=True "
+    "(CLI: --functional) to score them"
+)
 
 
 class SignatureError(ValueError):
@@ -276,23 +283,34 @@ def signature(
 
     Returns:
         :class:`Signature`; failed calls are NaN with a ``status``, never 0.
+        A model whose activations are all functional (GoogLeNet,
+        Inception-v3) has an empty signature unless ``functional=True``, as in
+        the reference; ``meta["note"]`` then says so, and nothing is run.
     """
     n = images.shape[0]
     if n < 2:
         raise SignatureError(f"need at least 2 images to estimate covariances, got {n}")
     if images.ndim != 4 or images.shape[-1] != 3:
         raise SignatureError(f"images must be NHWC [n, H, W, 3], got shape {images.shape}")
-    calls = capture(
-        module, variables, images, chunk_size=chunk_size, functional=functional, progress=progress
-    )
-    if not calls:
-        raise SignatureError(
-            "the model has no activation call sites the reference would see"
-            + ("" if functional else "; pass functional=True to score F.relu-style calls")
+    sites = call_order(module, images.shape)
+    note = None
+    if not functional and sites and all(is_functional for *_, is_functional in sites):
+        note = _FUNCTIONAL_ONLY_NOTE.format(k=len(sites))
+        records = []
+    else:
+        calls = capture(
+            module,
+            variables,
+            images,
+            chunk_size=chunk_size,
+            functional=functional,
+            progress=progress,
         )
-    records = score_calls(
-        calls, reduce=reduce, metrics=metrics, solver=solver, precision=precision, rtol=rtol
-    )
+        if not calls:
+            raise SignatureError("the model has no activation call sites")
+        records = score_calls(
+            calls, reduce=reduce, metrics=metrics, solver=solver, precision=precision, rtol=rtol
+        )
     meta = {
         "n": int(n),
         "reduce": reduce,
@@ -302,4 +320,6 @@ def signature(
         "num_calls": len(records),
         "nan_policy": "failed calls are NaN with a status",
     }
+    if note:
+        meta["note"] = note
     return Signature(records, meta)

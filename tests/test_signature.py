@@ -94,3 +94,27 @@ def test_bad_signature_input():
         signature(module, variables, np.zeros((4, 3, 32, 32), np.float32))
     with pytest.raises(SignatureError, match="unknown metrics"):
         signature(module, variables, np.zeros((4, 32, 32, 3), np.float32), metrics=("acc",))
+
+
+def test_functional_only_model_has_an_empty_signature_that_says_why():
+    # GoogLeNet / Inception-v3 in miniature: every activation is BasicConv2d's F.relu.
+    import flax.linen as nn
+    import jax
+
+    from affjax.models import layers
+
+    class Tiny(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = layers.BasicConv2d(4, 3, name="conv1")(x)
+            return layers.BasicConv2d(4, 1, name="conv2")(x)
+
+    x = np.random.default_rng(0).normal(size=(6, 8, 8, 3)).astype(np.float32)
+    variables = Tiny().init(jax.random.key(0), x)
+    default = signature(Tiny(), variables, x, metrics=("aff_score",))
+    assert default.records() == []
+    assert "F.relu" in default.meta["note"] and "functional=True" in default.meta["note"]
+    assert default.meta["num_calls"] == 0
+    full = signature(Tiny(), variables, x, metrics=("aff_score",), functional=True)
+    assert [r["layer"] for r in full.records()] == ["conv1.relu:F.relu", "conv2.relu:F.relu"]
+    assert "note" not in full.meta
