@@ -252,7 +252,7 @@ def _cmd_signature(args) -> int:
     with reports.atomic_write(partial_dir / "settings.json") as f:
         json.dump(settings, f, sort_keys=True)
 
-    records, timings = [], {"load_s": t_load, "batches": {}}
+    records, timings, notes = [], {"load_s": t_load, "batches": {}}, []
     batches = list(_batches(args, name))
     bar = tqdm(batches, desc=f"{name} {dataset}", unit="batch", disable=args.quiet)
     for b, get_images in bar:
@@ -261,6 +261,7 @@ def _cmd_signature(args) -> int:
             payload = reports.read_json(part)
             if payload["meta"].get("settings") == settings:
                 records.extend(payload["records"])
+                notes.append(payload["meta"].get("note"))
                 continue
         t1 = time.perf_counter()
         images = get_images()
@@ -281,7 +282,10 @@ def _cmd_signature(args) -> int:
         )
         batch_records = [{"batch": b, **r} for r in sig.records()]
         timings["batches"][b] = time.perf_counter() - t1
-        reports.write_json(part, batch_records, {"settings": settings})
+        notes.append(sig.meta.get("note"))  # e.g. why a signature is empty
+        reports.write_json(
+            part, batch_records, {"settings": settings, "note": sig.meta.get("note")}
+        )
         records.extend(batch_records)
     meta = {
         **settings,
@@ -295,6 +299,10 @@ def _cmd_signature(args) -> int:
         "timings": {**timings, "total_s": time.perf_counter() - t0},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    note = "; ".join(dict.fromkeys(n for n in notes if n))
+    if note:
+        meta["note"] = note
+        print(f"affjax: note: {note}", file=sys.stderr)
     result = Signature(records, meta)
     result.to_csv(out / f"{stem}.csv")
     result.to_json(out / f"{stem}.json")

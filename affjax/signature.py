@@ -73,6 +73,13 @@ def ill_posed_metrics(n: int, d: int, rec: dict) -> list[str]:
 _MAX_GROUP_BYTES = 2 << 30
 
 
+_FUNCTIONAL_ONLY_NOTE = (
+    "empty signature: all {k} activation calls of this model are torch.nn.functional "
+    "calls (F.relu), which the reference's hooks do not see; pass functional=True "
+    "(CLI: --functional) to score them"
+)
+
+
 class SignatureError(ValueError):
     """A signature that cannot be computed as asked (bad input or bad layers)."""
 
@@ -389,6 +396,9 @@ def signature(
 
     Returns:
         :class:`Signature`; failed calls are NaN with a ``status``, never 0.
+        A model whose activations are all functional (GoogLeNet,
+        Inception-v3) has an empty signature unless ``functional=True``, as in
+        the reference; ``meta["note"]`` then says so, and nothing is run.
     """
     dtype = precision_lib.dtype_argument(dtype, precision)
     if forward_precision not in precision_lib.FORWARD_PRECISIONS:
@@ -406,34 +416,42 @@ def signature(
         shape = np.shape(inputs) if not isinstance(inputs, (dict, list, tuple)) else None
         if shape is None or len(shape) != 4 or shape[-1] != 3:
             raise SignatureError(f"images must be NHWC [n, H, W, 3], got shape {shape}")
-    try:
-        calls = capture_lib.capture(
-            module,
-            variables,
-            inputs,
-            chunk_size=chunk_size,
-            functional=functional,
-            progress=progress,
-            sites=sites,
-            feature_axis=feature_axis,
-            apply_kwargs=apply_kwargs,
-            rngs=rngs,
-            forward_precision=forward_precision,
+    note = None
+    if sites is None and not functional:
+        order = capture_lib.call_order(module, inputs, apply_kwargs, rngs)
+        if order and all(o[2] for o in order):
+            # GoogLeNet, Inception-v3: every call is an F.relu the reference never sees.
+            note = _FUNCTIONAL_ONLY_NOTE.format(k=len(order))
+    records: list[dict] = []
+    if note is None:
+        try:
+            calls = capture_lib.capture(
+                module,
+                variables,
+                inputs,
+                chunk_size=chunk_size,
+                functional=functional,
+                progress=progress,
+                sites=sites,
+                feature_axis=feature_axis,
+                apply_kwargs=apply_kwargs,
+                rngs=rngs,
+                forward_precision=forward_precision,
+            )
+        except sites_lib.SiteError as err:
+            raise SignatureError(str(err)) from None
+        if not calls:
+            if sites is not None:
+                raise SignatureError(f"sites={sites!r} selected no call of the model")
+            raise SignatureError(
+                "the model has no activation call sites the reference would see"
+                + ("" if functional else "; pass functional=True to score F.relu-style calls")
+                + "; wrap function activations with affjax.site (act=affjax.site(nn.relu)) or "
+                "choose modules with sites= (a class name, a path glob or a predicate)"
+            )
+        records = score_calls(
+            calls, reduce=reduce, metrics=metrics, solver=solver, dtype=dtype, rtol=rtol
         )
-    except sites_lib.SiteError as err:
-        raise SignatureError(str(err)) from None
-    if not calls:
-        if sites is not None:
-            raise SignatureError(f"sites={sites!r} selected no call of the model")
-        raise SignatureError(
-            "the model has no activation call sites the reference would see"
-            + ("" if functional else "; pass functional=True to score F.relu-style calls")
-            + "; wrap function activations with affjax.site (act=affjax.site(nn.relu)) or "
-            "choose modules with sites= (a class name, a path glob or a predicate)"
-        )
-    records = score_calls(
-        calls, reduce=reduce, metrics=metrics, solver=solver, dtype=dtype, rtol=rtol
-    )
     meta = {
         "n": int(n),
         "reduce": reduce,
@@ -447,6 +465,8 @@ def signature(
         "num_calls": len(records),
         "nan_policy": "failed calls are NaN with a status",
     }
+    if note:
+        meta["note"] = note
     return Signature(records, meta)
 
 

@@ -161,3 +161,27 @@ TOLERANCES = {
     "norm_diff": 7e-13,  # 6.4e-15 relative
     "r2_score": 3e-14,  # 2.2e-16 (well-posed calls only: d = 64 < n - 1)
 }
+
+
+def test_functional_only_model_has_an_empty_signature_that_says_why():
+    # GoogLeNet / Inception-v3 in miniature: every activation is BasicConv2d's F.relu.
+    import flax.linen as nn
+    import jax
+
+    from affjax.models import layers
+
+    class Tiny(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = layers.BasicConv2d(4, 3, name="conv1")(x)
+            return layers.BasicConv2d(4, 1, name="conv2")(x)
+
+    x = np.random.default_rng(0).normal(size=(6, 8, 8, 3)).astype(np.float32)
+    variables = Tiny().init(jax.random.key(0), x)
+    default = signature(Tiny(), variables, x, metrics=("aff_score",))
+    assert default.records() == []
+    assert "F.relu" in default.meta["note"] and "functional=True" in default.meta["note"]
+    assert default.meta["num_calls"] == 0
+    full = signature(Tiny(), variables, x, metrics=("aff_score",), functional=True)
+    assert [r["layer"] for r in full.records()] == ["conv1.relu:F.relu", "conv2.relu:F.relu"]
+    assert "note" not in full.meta

@@ -22,6 +22,7 @@ __all__ = [
     "ACTIVATION_CLASSES",
     "COLLECTION",
     "Activation",
+    "BasicConv2d",
     "BatchNorm",
     "ConvNormActivation",
     "LayerNorm",
@@ -31,6 +32,7 @@ __all__ = [
     "conv",
     "flatten_nchw",
     "max_pool",
+    "transform_input",
 ]
 
 #: Flax collection the activation call sites ``sow`` their records into.
@@ -339,3 +341,45 @@ def flatten_nchw(x: jax.Array) -> jax.Array:
 #: two-pass variance torch computes (Flax's default ``E[x^2] - E[x]^2`` loses
 #: digits when the mean is large against the spread).
 LayerNorm = functools.partial(nn.LayerNorm, epsilon=1e-5, use_fast_variance=False)
+
+
+class BasicConv2d(nn.Module):
+    """GoogLeNet's and Inception-v3's ``BasicConv2d``: conv (no bias), BatchNorm, ``F.relu``.
+
+    The ReLU is a ``torch.nn.functional`` call in torchvision, invisible to the
+    reference's hooks, so it is a functional call site named ``relu``: key
+    ``"<path>.relu:F.relu"``, scored only with ``functional=True``.
+
+    Attributes:
+        features, kernel_size, stride, padding: as ``Conv2d``.
+        eps: the BatchNorm's eps (1e-3 in both torchvision models).
+    """
+
+    features: int
+    kernel_size: int | Sequence[int]
+    stride: int | Sequence[int] = 1
+    padding: int | Sequence[int] = 0
+    eps: float = 1e-3
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = conv(
+            self.features, self.kernel_size, self.stride, self.padding, bias=False, name="conv"
+        )(x)
+        x = BatchNorm(epsilon=self.eps, name="bn")(x)
+        return Activation("ReLU", functional=True, name="relu")(x)
+
+
+def transform_input(x: jax.Array) -> jax.Array:
+    """GoogLeNet's and Inception-v3's ``_transform_input`` on NHWC images.
+
+    Maps ImageNet-normalised channels to the ``(x - 0.5) / 0.5`` normalisation
+    the original (TF-ported) weights expect: ``x * std / 0.5 + (mean - 0.5) / 0.5``
+    per channel, with torch's constants and operation order.
+    """
+    channels = [
+        x[..., 0:1] * (0.229 / 0.5) + (0.485 - 0.5) / 0.5,
+        x[..., 1:2] * (0.224 / 0.5) + (0.456 - 0.5) / 0.5,
+        x[..., 2:3] * (0.225 / 0.5) + (0.406 - 0.5) / 0.5,
+    ]
+    return jnp.concatenate(channels, axis=-1)

@@ -11,6 +11,7 @@ import flax.linen as nn
 
 __all__ = [
     "ModelSpec",
+    "VERBATIM",
     "UnknownModelError",
     "families",
     "get",
@@ -88,6 +89,8 @@ def get(name: str) -> ModelSpec:
 
 
 _INDEX = re.compile(r"_(\d+)$")
+#: Prefix of a Flax module name that is a torch attribute name as it stands.
+VERBATIM = "="
 
 
 def torch_path(flax_path: tuple[str, ...] | list[str]) -> str:
@@ -97,6 +100,10 @@ def torch_path(flax_path: tuple[str, ...] | list[str]) -> str:
     index is joined with ``_`` (torch ``layer1.0`` -> Flax ``layer1_0``), so a
     trailing ``_<digits>`` turns back into ``.<digits>``. Modules may also be
     nested under torch's own names (``("features", "0", "block")``, or
-    ``"block1-0"``), which pass through unchanged.
+    ``"block1-0"``), which pass through unchanged. A name starting with ``=``
+    is a torch attribute taken verbatim, for attributes whose own name ends in
+    ``_<digits>`` (Inception-v3's ``branch5x5_1`` is Flax ``"=branch5x5_1"``).
     """
-    return ".".join(_INDEX.sub(r".\1", part) for part in flax_path)
+    return ".".join(
+        part[1:] if part.startswith(VERBATIM) else _INDEX.sub(r".\1", part) for part in flax_path
+    )

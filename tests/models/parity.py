@@ -71,3 +71,54 @@ def assert_features_match(
             assert err <= FEATURES_TOL, f"{name} {site}: feature error {err:.2e}"
             worst = max(worst, err)
     return float(worst)
+
+
+def assert_basic_conv_relus_match(name: str, size: int, n: int = 4) -> tuple[list, float]:
+    """GoogLeNet / Inception-v3: every ``F.relu`` call against torch forward hooks.
+
+    The reference's signature of these models is empty (all their activations
+    are ``F.relu`` inside ``BasicConv2d``), so ``functional=True`` captures are
+    checked against hooks instead: the ReLU's input is ``BasicConv2d.bn``'s
+    output (cloned in its hook, before ``F.relu(inplace=True)`` overwrites it),
+    its output is the ``BasicConv2d``'s output. Both reduced as the reference
+    does (mean over H, W). Returns the functional calls and the worst error.
+    """
+    model = seeded_model(name)
+    module, variables = convert(model, name)
+    x = images(n, size, seed=1)
+    seen, handles = [], []
+    for path, mod in model.named_modules():
+        if type(mod).__name__ == "BasicConv2d":
+            pre = {}
+            handles.append(
+                mod.bn.register_forward_hook(lambda m, i, o, pre=pre: pre.update(x=o.clone()))
+            )
+            handles.append(
+                mod.register_forward_hook(
+                    lambda m, i, o, path=path, pre=pre: seen.append(
+                        (
+                            f"{path}.relu:F.relu",
+                            pre["x"].mean((2, 3)).numpy(),
+                            o.mean((2, 3)).numpy(),
+                        )
+                    )
+                )
+            )
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    assert reference_signature(model, x[:2], metrics=()) == {}, "reference sees no calls"
+    with jax.default_matmul_precision("highest"):
+        assert capture(module, variables, nhwc(x)) == []  # the reference's (empty) view
+        calls = capture(module, variables, nhwc(x), functional=True)
+    assert [(c.key, c.call) for c in calls] == [(key, 0) for key, _, _ in seen]
+    assert all(c.functional and c.kind == "ReLU" for c in calls)
+    worst = 0.0
+    for c, (key, tx, ty) in zip(calls, seen, strict=True):
+        for got, want in ((c.x, tx), (c.y, ty)):
+            scale = max(np.max(np.abs(want)), 1e-6)
+            err = np.max(np.abs(got - want)) / scale
+            assert err <= FEATURES_TOL, f"{name} {key}: feature error {err:.2e}"
+            worst = max(worst, float(err))
+    return calls, worst
