@@ -55,7 +55,9 @@ _LEAVES = {
     ("batch_stats", "var"): "running_var",
 }
 
-_IGNORED_SUFFIXES = ("num_batches_tracked",)
+# Buffers the Flax modules do not hold: BatchNorm's step counter, and buffers derived
+# from the config that the Flax port recomputes (Swin's relative position tables).
+_IGNORED_SUFFIXES = ("num_batches_tracked", "relative_position_index", "relative_coords_table")
 
 
 class ConversionError(ValueError):
