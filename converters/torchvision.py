@@ -57,9 +57,9 @@ _LEAVES = {
     ("batch_stats", "var"): "running_var",
 }
 
-# Buffers that are not variables: BatchNorm's counter, and index tables that the
-# Flax modules derive from their config (MaxViT's ``relative_position_index``).
-_IGNORED_SUFFIXES = ("num_batches_tracked", "relative_position_index")
+# Buffers the Flax modules do not hold: BatchNorm's step counter, and index tables
+# derived from the config that the ports recompute (Swin, MaxViT).
+_IGNORED_SUFFIXES = ("num_batches_tracked", "relative_position_index", "relative_coords_table")
 
 
 class ConversionError(ValueError):

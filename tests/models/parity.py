@@ -14,6 +14,7 @@ from parity_helpers import seeded_model
 
 from affjax.capture import capture
 from converters.reference import reference_signature
+from converters.reference.hooks import _activation_keys
 from converters.torchvision import convert
 
 LOGITS_RTOL = 2e-4  # relative to the largest |logit|; float32 forward in both frameworks
@@ -27,7 +28,10 @@ def images(n: int = 2, size: int = 224, seed: int = 0) -> torch.Tensor:
 def assert_logits_match(
     name: str, size: int = 224, n: int = 2, model: torch.nn.Module | None = None
 ) -> float:
-    """Logits equal torchvision's; ``model`` replaces the seeded ``name`` (same preset)."""
+    """Logits equal torchvision's; returns the measured relative error.
+
+    ``model`` replaces the seeded ``name`` (same preset, e.g. randomised affines).
+    """
     model = seeded_model(name) if model is None else model
     module, variables = convert(model, name)
     x = images(n, size)
@@ -42,17 +46,51 @@ def assert_logits_match(
     return float(err)
 
 
+def _channel_mean(t: torch.Tensor) -> np.ndarray:
+    # reduce="channels" on a tensor torch holds channels-last: keep batch and the last axis.
+    return t.mean(dim=tuple(range(1, t.ndim - 1))).numpy() if t.ndim > 2 else t.numpy()
+
+
+def _channel_hooks(model: torch.nn.Module, store: dict) -> list:
+    """Hooks recording (input, output) channel means of every reference-keyed module call."""
+    handles = []
+    for path, mod in model.named_modules():
+        for key in _activation_keys(path, mod):
+            calls = store.setdefault(key, [])
+            # The input is reduced before the module runs (in-place activations).
+            handles.append(
+                mod.register_forward_pre_hook(
+                    lambda m, inp, calls=calls: calls.append([_channel_mean(inp[0])])
+                )
+            )
+            handles.append(
+                mod.register_forward_hook(
+                    lambda m, inp, out, calls=calls: calls[-1].append(_channel_mean(out))
+                )
+            )
+    return handles
+
+
 def assert_features_match(
     name: str, size: int = 224, n: int = 4, model: torch.nn.Module | None = None
-) -> float:
+) -> dict[str, float]:
     """Reduced [n, d] features of every call equal torch forward-hook captures.
 
-    Returns the worst relative error; ``model`` replaces the seeded ``name``.
+    Both reductions: the reference's on every call, and ``reduce="channels"``
+    on the calls where it differs (channels-last torch tensors: ConvNeXt, Swin,
+    ViT tokens), against hooks that average all but torch's batch and last axis.
+    Returns the worst relative error of each; ``model`` replaces the seeded ``name``.
     """
     model = seeded_model(name) if model is None else model
     module, variables = convert(model, name)
     x = images(n, size, seed=1)
-    ref = reference_signature(model, x, metrics=(), keep_features=True)
+    channel_calls: dict[str, list] = {}
+    handles = _channel_hooks(model, channel_calls)
+    try:
+        ref = reference_signature(model, x, metrics=(), keep_features=True)
+    finally:
+        for handle in handles:
+            handle.remove()
     with jax.default_matmul_precision("highest"):
         calls = capture(module, variables, nhwc(x))
     ours = {(c.key, c.call): c for c in calls}
@@ -62,15 +100,20 @@ def assert_features_match(
         for k in range(len(rec["input2d"]))
     }
     assert sorted(ours) == sorted(theirs), "call sites differ from the reference's keys"
-    worst = 0.0
+    worst = {"reference": 0.0, "channels": 0.0}
     for site, (tx, ty) in theirs.items():
         c = ours[site]
-        for got, want in ((c.x, tx), (c.y, ty)):
+        pairs = [("reference", c.x, tx), ("reference", c.y, ty)]
+        if c.x_channels is not None:
+            cx, cy = channel_calls[site[0]][site[1]]
+            pairs += [("channels", c.x_channels, cx), ("channels", c.y_channels, cy)]
+        for reduction, got, want in pairs:
+            assert got.shape == want.shape, f"{name} {site} {reduction}: shapes differ"
             scale = max(np.max(np.abs(want)), 1e-6)
-            err = np.max(np.abs(got - want)) / scale
-            assert err <= FEATURES_TOL, f"{name} {site}: feature error {err:.2e}"
-            worst = max(worst, err)
-    return float(worst)
+            err = float(np.max(np.abs(got - want)) / scale)
+            worst[reduction] = max(worst[reduction], err)
+            assert err <= FEATURES_TOL, f"{name} {site} {reduction}: feature error {err:.2e}"
+    return worst
 
 
 def assert_basic_conv_relus_match(name: str, size: int, n: int = 4) -> tuple[list, float]:
