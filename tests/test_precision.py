@@ -92,7 +92,7 @@ def test_forward_is_highest_by_default_and_default_when_asked():
     module, variables, images = _resnet_forward_args()
 
     def forward(fp):
-        return lambda v, x: capture_lib._forward(module, v, x, fp)
+        return lambda v, x: capture_lib._forward(module, v, x, forward_precision=fp)
 
     highest = _precisions(forward("highest"), variables, images)
     assert set(highest) == {HIGHEST} and len(highest) == 21  # 20 convs + fc
@@ -143,9 +143,9 @@ def test_bf16_emulation_shows_what_default_would_cost():
                 forward_precision="default",
                 **kw,
             ).scores()
-            jaxpr = jax.make_jaxpr(lambda v, x: capture_lib._forward(module, v, x, "default"))(
-                variables, images[:2]
-            )
+            jaxpr = jax.make_jaxpr(
+                lambda v, x: capture_lib._forward(module, v, x, forward_precision="default")
+            )(variables, images[:2])
     finally:
         capture_lib._forward.clear_cache()
     assert "bf16" in str(jaxpr)  # the inputs really pass through bfloat16
