@@ -34,14 +34,20 @@ SIGNATURE_TOL = 1e-3  # per call, every metric (norm_diff relative)
 
 
 def compare_signature(
-    name: str, n: int, size: int, reduce: str = "reference", tol: float = SIGNATURE_TOL
+    name: str,
+    n: int,
+    size: int,
+    reduce: str = "reference",
+    tol: float = SIGNATURE_TOL,
+    model: torch.nn.Module | None = None,
 ) -> tuple[list[dict], dict[str, float]]:
     """Whole signature against the float64 PyTorch reference, every metric per call.
 
-    Returns the records and the worst per-metric deviation, so a test can also
-    assert on the measured error.
+    ``model``: a custom seeded build (default :func:`seeded_model`). Returns the
+    records and the worst per-metric deviation, so a test can also assert on
+    the measured error.
     """
-    model = seeded_model(name)
+    model = seeded_model(name) if model is None else model
     module, variables = convert(model, name)
     x = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(5))
     ref = reference_signature(model, x, dtype=torch.float64)

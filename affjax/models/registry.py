@@ -97,6 +97,8 @@ def torch_path(flax_path: tuple[str, ...] | list[str]) -> str:
     index is joined with ``_`` (torch ``layer1.0`` -> Flax ``layer1_0``), so a
     trailing ``_<digits>`` turns back into ``.<digits>``. Modules may also be
     nested under torch's own names (``("features", "0", "block")``, or
-    ``"block1-0"``), which pass through unchanged.
+    ``"block1-0"``), which pass through unchanged. A name holding a ``.`` is a
+    dotted torch path taken verbatim, for torch names that really end in
+    ``_<digits>`` (ViT's ``layers.encoder_layer_0.ln_1``).
     """
-    return ".".join(_INDEX.sub(r".\1", part) for part in flax_path)
+    return ".".join(part if "." in part else _INDEX.sub(r".\1", part) for part in flax_path)

@@ -20,8 +20,14 @@ def images(n: int = 2, size: int = 224, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
-def assert_logits_match(name: str, size: int = 224, n: int = 2) -> None:
-    model = seeded_model(name)
+def assert_logits_match(
+    name: str, size: int = 224, n: int = 2, model: torch.nn.Module | None = None
+) -> float:
+    """Logits vs torchvision; ``model``: a custom seeded build (default ``seeded_model``).
+
+    Returns the measured max |dlogit| / max |logit|.
+    """
+    model = seeded_model(name) if model is None else model
     module, variables = convert(model, name)
     x = images(n, size)
     with torch.no_grad():
@@ -32,11 +38,18 @@ def assert_logits_match(name: str, size: int = 224, n: int = 2) -> None:
     assert got.shape == expected.shape
     err = np.max(np.abs(got - expected)) / np.max(np.abs(expected))
     assert err <= LOGITS_RTOL, f"{name}: max |dlogit| / max |logit| = {err:.2e}"
+    return float(err)
 
 
-def assert_features_match(name: str, size: int = 224, n: int = 4) -> None:
-    """Reduced [n, d] features of every call equal torch forward-hook captures."""
-    model = seeded_model(name)
+def assert_features_match(
+    name: str, size: int = 224, n: int = 4, model: torch.nn.Module | None = None
+) -> float:
+    """Reduced [n, d] features of every call equal torch forward-hook captures.
+
+    ``model``: a custom seeded build (default ``seeded_model``). Returns the
+    worst relative feature error.
+    """
+    model = seeded_model(name) if model is None else model
     module, variables = convert(model, name)
     x = images(n, size, seed=1)
     ref = reference_signature(model, x, metrics=(), keep_features=True)
@@ -49,9 +62,12 @@ def assert_features_match(name: str, size: int = 224, n: int = 4) -> None:
         for k in range(len(rec["input2d"]))
     }
     assert sorted(ours) == sorted(theirs), "call sites differ from the reference's keys"
+    worst = 0.0
     for site, (tx, ty) in theirs.items():
         c = ours[site]
         for got, want in ((c.x, tx), (c.y, ty)):
             scale = max(np.max(np.abs(want)), 1e-6)
             err = np.max(np.abs(got - want)) / scale
             assert err <= FEATURES_TOL, f"{name} {site}: feature error {err:.2e}"
+            worst = max(worst, float(err))
+    return worst
