@@ -114,7 +114,7 @@ def _weights_enum(model_name: str):
     return torchvision.models.get_model_weights(model_name)
 
 
-def preprocess_for(model_name: str, weights=None) -> Callable:
+def preprocess_for(model_name: str, weights=None, *, image_size: int | None = None) -> Callable:
     """Returns the preset transforms of a torchvision classifier's weights.
 
     The transforms are pure metadata (no download): resize to the weights'
@@ -129,6 +129,11 @@ def preprocess_for(model_name: str, weights=None) -> Callable:
             evaluated with), a member name of the model's weights enum
             (``"DEFAULT"``, ``"IMAGENET1K_V1"``, ...), a fully qualified name
             (``"ResNet18_Weights.IMAGENET1K_V1"``) or a ``WeightsEnum`` member.
+        image_size: the input side a fixed-size model was built for (ViT's
+            ``image_size``). Only used for random weights: torchvision builds
+            those at its default size, which need not be DEFAULT's crop
+            (``vit_h_14``: 224 vs 518), so the transforms of the first weights
+            whose crop fits are taken instead (``IMAGENET1K_SWAG_LINEAR_V1``).
 
     Returns:
         The callable ``weights.transforms(antialias=True)``.
@@ -139,6 +144,14 @@ def preprocess_for(model_name: str, weights=None) -> Callable:
     enum = _weights_enum(model_name)
     if weights is None or (isinstance(weights, str) and weights.lower() == "random"):
         chosen = enum.DEFAULT
+        if image_size is not None and chosen.transforms().crop_size != [image_size]:
+            fits = [w for w in enum if w.transforms().crop_size == [image_size]]
+            if not fits:
+                raise DataError(
+                    f"No {model_name} weights have {image_size} px transforms for the "
+                    f"{image_size} px model; pass preprocessed images (--images)."
+                )
+            chosen = fits[0]
     elif isinstance(weights, enum):
         chosen = weights
     elif isinstance(weights, str):
