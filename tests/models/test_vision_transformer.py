@@ -55,13 +55,14 @@ def test_names_follow_torchvision():
 
 
 def test_vit_b_32_logits():
-    # measured 1.1e-6 (bound 2e-4)
+    # measured 8.8e-7 (bound 2e-4)
     assert_logits_match("vit_b_32", SMALL, model=seeded_vit("vit_b_32", SMALL))
 
 
 def test_vit_b_32_features_per_call_both_reductions():
     """Reference reduction (tokens kept, d = L) and channels reduction (d = D) vs torch hooks."""
     model = seeded_vit("vit_b_32", SMALL)
+    # Measured worst feature errors: reference 1.3e-6, channels 6.0e-7 (bound 1e-4).
     # Reference reduction: the shared check (keys, calls, [n, L] features).
     assert_features_match("vit_b_32", SMALL, model=model)
 
@@ -107,16 +108,23 @@ def test_wrong_image_size_is_rejected():
         jax.eval_shape(module.init, jax.random.key(0), jax.numpy.zeros((1, 96, 96, 3)))
 
 
-@pytest.mark.slow
+# Measured (n = 64, 224 px, d = 50 tokens, 12 calls): every continuous metric within
+# 1e-7 of the float64 reference; the entropies within 4.6e-4. Those are histograms (d
+# bins per sample), discontinuous in the features: one of the 64 x 50 values crossing a
+# bin edge on float32 round-off moves one sample's entropy by ~0.028 and the batch mean
+# by ~4.3e-4. Bounds: 1e-6 (10x) for continuous metrics, 1e-3 (two such flips) for entropies.
+SIGNATURE_TOL_CONTINUOUS = 1e-6
+SIGNATURE_TOL_ENTROPY = 1e-3
+
+
+@pytest.mark.slow  # ~100 s alone on 2 CPU cores
 def test_vit_b_32_signature_matches_float64_reference():
-    # 224 px, 50 tokens: d = 50 < n = 64, so every metric (r2 too) is well-posed.
     _, worst = compare_signature(
-        "vit_b_32", n=64, size=224, model=seeded_vit("vit_b_32"), tol=SIGNATURE_TOL_VIT
+        "vit_b_32", n=64, size=224, model=seeded_vit("vit_b_32"), tol=SIGNATURE_TOL_ENTROPY
     )
-    assert max(worst.values()) <= SIGNATURE_TOL_VIT
-
-
-SIGNATURE_TOL_VIT = 1e-3
+    for metric, err in worst.items():
+        bound = SIGNATURE_TOL_ENTROPY if metric.startswith("ent_") else SIGNATURE_TOL_CONTINUOUS
+        assert err <= bound, f"{metric}: {err:.2e} > {bound:.0e}"
 
 
 @pytest.mark.slow
