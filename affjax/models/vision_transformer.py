@@ -153,18 +153,21 @@ _PRESETS = {
     "vit_h_14": (14, 32, 16, 1280, 5120),
 }
 
-
-def _build(patch, num_layers, heads, hidden, mlp, *, num_classes=1000, image_size=224):
-    return VisionTransformer(image_size, patch, num_layers, heads, hidden, mlp, num_classes)
-
-
-for _name, _config in _PRESETS.items():
+for _name, (_patch, _layers, _heads, _hidden, _mlp) in _PRESETS.items():
     registry.register(
         _name,
         "vision_transformer",
-        functools.partial(_build, *_config),
+        functools.partial(
+            VisionTransformer,
+            # 224: torchvision's random init and most weights; vit_h_14's DEFAULT
+            # (SWAG end-to-end) weights are 518, vit_b_16/vit_l_16's SWAG ones 384/512.
+            image_size=224,
+            patch_size=_patch,
+            num_layers=_layers,
+            num_heads=_heads,
+            hidden_dim=_hidden,
+            mlp_dim=_mlp,
+        ),
         torch_class="VisionTransformer",
-        # 224 for torchvision's random init and most weights; vit_h_14's DEFAULT
-        # (SWAG end-to-end) weights are 518, vit_b_16/vit_l_16's SWAG ones 384/512.
         from_torch=lambda m: {"image_size": m.image_size},
     )
