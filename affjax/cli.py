@@ -32,8 +32,10 @@ class CliError(Exception):
 def _cmd_models(args) -> int:
     from affjax import models
 
-    for family in models.registry.families():
-        print(f"{family:12s} {' '.join(models.list_models(family))}")
+    families = models.registry.families()
+    width = max(map(len, families))
+    for family in families:
+        print(f"{family:{width}s} {' '.join(models.list_models(family))}")
     return 0
 
 
@@ -164,8 +166,12 @@ def _load_model(args):
     return loaded.name, loaded.module, loaded.variables, loaded.info
 
 
-def _batches(args, name):
-    """Yields (batch_index, loader) where loader() returns NHWC images."""
+def _batches(args, name, image_size=None):
+    """Yields (batch_index, loader) where loader() returns NHWC images.
+
+    ``image_size``: the side a fixed-size model (ViT) was built for, so random
+    weights get transforms of that size (see ``data.preprocess_for``).
+    """
     if args.images:
         path = Path(args.images)
         if not path.is_file():
@@ -189,7 +195,7 @@ def _batches(args, name):
     weights = None if args.variables else args.weights
     if weights is not None and (weights == "random" or Path(weights).suffix in (".pt", ".pth")):
         weights = None
-    preprocess = data.preprocess_for(name, weights)
+    preprocess = data.preprocess_for(name, weights, image_size=image_size)
     dataset = data.make_dataset(
         args.dataset,
         Path(args.data_dir),
@@ -253,7 +259,7 @@ def _cmd_signature(args) -> int:
         json.dump(settings, f, sort_keys=True)
 
     records, timings, notes = [], {"load_s": t_load, "batches": {}}, []
-    batches = list(_batches(args, name))
+    batches = list(_batches(args, name, getattr(module, "image_size", None)))
     bar = tqdm(batches, desc=f"{name} {dataset}", unit="batch", disable=args.quiet)
     for b, get_images in bar:
         part = partial_dir / f"batch_{b:05d}.json"

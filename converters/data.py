@@ -86,7 +86,7 @@ class DataError(Exception):
 # ---------------------------------------------------------------------------
 
 
-def preprocess_for(model_name: str, weights=None) -> Callable:
+def preprocess_for(model_name: str, weights=None, *, image_size: int | None = None) -> Callable:
     """Returns the preset transforms of a torchvision classifier's weights.
 
     The transforms are pure metadata (no download): resize to the weights'
@@ -99,6 +99,11 @@ def preprocess_for(model_name: str, weights=None) -> Callable:
         weights: as :func:`converters.weights.resolve`: ``None`` or ``"random"``
             (the DEFAULT weights' transforms, which is what the network would be
             evaluated with), a member name, a qualified name or a member.
+        image_size: the input side a fixed-size model was built for (ViT's
+            ``image_size``). Only used for random weights: torchvision builds
+            those at its default size, which need not be DEFAULT's crop
+            (``vit_h_14``: 224 vs 518), so the transforms of the first weights
+            whose crop fits are taken instead (``IMAGENET1K_SWAG_LINEAR_V1``).
 
     Returns:
         The callable ``weights.transforms(antialias=True)``.
@@ -110,6 +115,16 @@ def preprocess_for(model_name: str, weights=None) -> Callable:
         chosen = weights_lib.resolve(model_name, weights)
     except weights_lib.WeightsError as err:
         raise DataError(str(err)) from None
+    random = weights is None or (isinstance(weights, str) and weights.lower() == "random")
+    if random and image_size is not None and chosen.transforms().crop_size != [image_size]:
+        enum = weights_lib.weights_enum(model_name)
+        fits = [w for w in enum if w.transforms().crop_size == [image_size]]
+        if not fits:
+            raise DataError(
+                f"No {model_name} weights have {image_size} px transforms for the "
+                f"{image_size} px model; pass preprocessed images (--images)."
+            )
+        chosen = fits[0]
     # ``antialias=True`` mirrors the reference; it is already the default of
     # ``ImageClassification`` in recent torchvision, but older releases warned
     # (or disagreed between PIL and tensor inputs) without it.

@@ -10,6 +10,7 @@ import pytest
 from optional import requires_torch
 
 from affjax import cli
+from affjax.models import list_models
 
 # the module, not the function affjax re-exports under the same name
 signature_lib = importlib.import_module("affjax.signature")
@@ -154,8 +155,7 @@ def test_user_errors_are_one_line(argv, message, tmp_path, capsys, monkeypatch):
 def test_models_and_demo(capsys):
     assert cli.main(["models"]) == 0
     out = capsys.readouterr().out
-    # every registered name once (not a fixed count: families keep being added)
-    from affjax.models import list_models
+    # one line per family: its name, then its models (not a fixed count)
 
     assert sum(len(line.split()) - 1 for line in out.splitlines()) == len(list_models())
     assert cli.main(["score-demo"]) == 0

@@ -100,10 +100,15 @@ def torch_path(flax_path: tuple[str, ...] | list[str]) -> str:
     index is joined with ``_`` (torch ``layer1.0`` -> Flax ``layer1_0``), so a
     trailing ``_<digits>`` turns back into ``.<digits>``. Modules may also be
     nested under torch's own names (``("features", "0", "block")``, or
-    ``"block1-0"``), which pass through unchanged. A name starting with ``=``
-    is a torch attribute taken verbatim, for attributes whose own name ends in
-    ``_<digits>`` (Inception-v3's ``branch5x5_1`` is Flax ``"=branch5x5_1"``).
+    ``"block1-0"``), which pass through unchanged. For torch attributes whose own
+    name ends in ``_<digits>``, a Flax name is taken verbatim when it starts with
+    ``=`` (Inception-v3's ``branch5x5_1`` is Flax ``"=branch5x5_1"``) or holds a
+    ``.`` (ViT's ``"layers.encoder_layer_0.ln_1"``).
     """
-    return ".".join(
-        part[1:] if part.startswith(VERBATIM) else _INDEX.sub(r".\1", part) for part in flax_path
-    )
+
+    def part_path(part: str) -> str:
+        if part.startswith(VERBATIM):
+            return part[1:]
+        return part if "." in part else _INDEX.sub(r".\1", part)
+
+    return ".".join(part_path(part) for part in flax_path)

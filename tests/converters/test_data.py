@@ -176,6 +176,21 @@ def test_preprocess_for_weights_variants():
     assert preprocess_for("inception_v3", "random").crop_size == [299]
 
 
+def test_preprocess_for_random_fixed_size_model():
+    # vit_h_14's DEFAULT (SWAG end-to-end) weights are 518 px, its random init 224 px.
+    assert preprocess_for("vit_h_14", "random").crop_size == [518]
+    fitted = preprocess_for("vit_h_14", "random", image_size=224)
+    linear = preprocess_for("vit_h_14", "IMAGENET1K_SWAG_LINEAR_V1")
+    assert fitted.crop_size == [224] and repr(fitted) == repr(linear)
+    # the size only matters where DEFAULT does not fit, and never for named weights
+    assert repr(preprocess_for("vit_b_16", None, image_size=224)) == repr(
+        preprocess_for("vit_b_16", "DEFAULT")
+    )
+    assert preprocess_for("vit_h_14", "DEFAULT", image_size=224).crop_size == [518]
+    with pytest.raises(DataError, match="100 px"):
+        preprocess_for("vit_b_16", "random", image_size=100)
+
+
 def test_preprocess_for_errors():
     with pytest.raises(DataError, match="list_models") as exc:
         preprocess_for("resnet19", None)
