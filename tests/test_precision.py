@@ -104,12 +104,16 @@ def test_forward_is_highest_by_default_and_default_when_asked():
 
 def test_forward_stablehlo_names_highest():
     module, variables, images = _resnet_forward_args()
-    text = capture_lib._forward.lower(module, variables, images, "highest").as_text()
+    text = capture_lib._forward.lower(
+        module, variables, images, forward_precision="highest"
+    ).as_text()
     ops = [line for line in text.splitlines() if "stablehlo.convolution" in line]
     ops += [line for line in text.splitlines() if "stablehlo.dot_general" in line]
     assert len(ops) == 20  # the fc layer's output is unused by capture: dead code, removed
     assert all(line.count("#stablehlo<precision HIGHEST>") == 2 for line in ops)
-    text = capture_lib._forward.lower(module, variables, images, "default").as_text()
+    text = capture_lib._forward.lower(
+        module, variables, images, forward_precision="default"
+    ).as_text()
     assert "HIGHEST" not in text
 
 
