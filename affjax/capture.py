@@ -106,7 +106,9 @@ def capture(
         progress: optional callable ``progress(done, total)`` after each chunk.
 
     Returns:
-        :class:`Call` list in execution order.
+        :class:`Call` list in execution order, one per reference key: a
+        ``ReLU6`` call comes twice, keyed ``..._Hardtanh`` then ``..._ReLU6``
+        (torch's ``ReLU6`` subclasses ``Hardtanh`` and the reference hooks both).
     """
     images = np.asarray(images) if not isinstance(images, jax.Array) else images
     n = images.shape[0]
@@ -141,19 +143,26 @@ def capture(
                 return None
             return np.concatenate([np.asarray(r[field]) for r in recs], axis=0)
 
-        calls.append(
-            Call(
-                key=reference_key(path, kind, is_functional),
-                call=k,
-                kind=kind,
-                functional=is_functional,
-                flax_path=path,
-                x=cat("x"),
-                y=cat("y"),
-                x_channels=cat("x_channels"),
-                y_channels=cat("y_channels"),
-                sparsity_x=float(np.mean(cat("sparsity_x"), dtype=np.float64)),
-                sparsity_y=float(np.mean(cat("sparsity_y"), dtype=np.float64)),
-            )
+        call = Call(
+            key=reference_key(path, kind, is_functional),
+            call=k,
+            kind=kind,
+            functional=is_functional,
+            flax_path=path,
+            x=cat("x"),
+            y=cat("y"),
+            x_channels=cat("x_channels"),
+            y_channels=cat("y_channels"),
+            sparsity_x=float(np.mean(cat("sparsity_x"), dtype=np.float64)),
+            sparsity_y=float(np.mean(cat("sparsity_y"), dtype=np.float64)),
+        )
+        if is_functional:
+            calls.append(call)
+            continue
+        # A module the reference keys under several classes (ReLU6 is a Hardtanh)
+        # gives one Call per key, sharing the same arrays.
+        calls.extend(
+            call._replace(key=reference_key(path, cls, False), kind=cls)
+            for cls in layers.reference_classes(kind)
         )
     return calls

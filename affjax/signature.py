@@ -132,8 +132,17 @@ def score_calls(
         return c.x, c.y
 
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    # Calls sharing their arrays (one ReLU6 call under its Hardtanh and ReLU6 keys)
+    # are scored once.
+    first: dict[tuple[int, int], int] = {}
+    alias: dict[int, int] = {}
     for i, c in enumerate(calls):
-        n, d = features(c)[0].shape
+        fx, fy = features(c)
+        same = first.setdefault((id(fx), id(fy)), i)
+        if same != i:
+            alias[i] = same
+            continue
+        n, d = fx.shape
         groups[(n, _bucket(d))].append(i)
 
     wanted = tuple(m for m in METRICS if m in metrics)
@@ -170,6 +179,8 @@ def score_calls(
                 out = jax.device_get(out)
             for j, i in enumerate(chunk):
                 results[i] = {k: v[j].item() for k, v in out.items()}
+    for i, same in alias.items():
+        results[i] = results[same]
 
     records = []
     for order, (c, r) in enumerate(zip(calls, results, strict=True)):
