@@ -208,6 +208,9 @@ class MobileNetV3(nn.Module):
     last_channel: int = 1280
     num_classes: int = 1000
     width_mult: float = 1.0
+    # torchvision's ``dilated=True``: the last 3 blocks (C4 on) dilate by 2 instead of
+    # striding. Same parameter shapes, so it is read off the torch instance.
+    dilated: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -216,6 +219,8 @@ class MobileNetV3(nn.Module):
             first, 3, 2, activation="Hardswish", eps=_BN_EPS_V3, name="features_0"
         )(x)
         for i, cnf in enumerate(self.setting):
+            if self.dilated and i >= len(self.setting) - 3:
+                cnf = cnf._replace(dilation=2)
             x = InvertedResidualV3(cnf, self.width_mult, name=f"features_{i + 1}")(x)
         last_conv = 6 * make_divisible(self.setting[-1].out_channels * self.width_mult)
         x = layers.ConvNormActivation(
@@ -232,16 +237,23 @@ class MobileNetV3(nn.Module):
         return nn.Dense(self.num_classes, name="classifier_3")(x)
 
 
+def _v3_from_torch(model) -> dict:
+    dilated = any(getattr(m, "dilation", (1, 1))[0] > 1 for m in model.features.modules())
+    return {"dilated": True} if dilated else {}
+
+
 registry.register("mobilenet_v2", "mobilenet", MobileNetV2, torch_class="MobileNetV2")
 registry.register(
     "mobilenet_v3_large",
     "mobilenet",
     functools.partial(MobileNetV3, setting=_V3_LARGE, last_channel=1280),
     torch_class="MobileNetV3",
+    from_torch=_v3_from_torch,
 )
 registry.register(
     "mobilenet_v3_small",
     "mobilenet",
     functools.partial(MobileNetV3, setting=_V3_SMALL, last_channel=1024),
     torch_class="MobileNetV3",
+    from_torch=_v3_from_torch,
 )
