@@ -405,7 +405,9 @@ def capture(
             of the forward pass (see :func:`affjax.signature.signature`).
 
     Returns:
-        :class:`Call` list in execution order.
+        :class:`Call` list in execution order, one per reference key: a
+        ``ReLU6`` call comes twice, keyed ``..._Hardtanh`` then ``..._ReLU6``
+        (torch's ``ReLU6`` subclasses ``Hardtanh`` and the reference hooks both).
     """
     n = batch_size(inputs)
     if not isinstance(inputs, jax.Array):
@@ -448,5 +450,14 @@ def capture(
         if is_functional and not functional:
             continue
         recs = [_lookup(c, path)[k] for c in chunks]
-        calls.append(_make_call(key, k, kind, is_functional, path, recs))
+        call = _make_call(key, k, kind, is_functional, path, recs)
+        classes = layers.reference_classes(kind)
+        if is_functional or len(classes) == 1:
+            calls.append(call)
+            continue
+        # A module the reference keys under several classes (ReLU6 is a Hardtanh)
+        # gives one Call per key, sharing the same arrays.
+        calls.extend(
+            call._replace(key=reference_key(path, cls, False), kind=cls) for cls in classes
+        )
     return calls

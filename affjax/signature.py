@@ -199,10 +199,18 @@ def score_calls(
 
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     mismatched = set()
+    # Calls sharing their arrays (one ReLU6 call under its Hardtanh and ReLU6 keys)
+    # are scored once.
+    first: dict[tuple[int, int], int] = {}
+    alias: dict[int, int] = {}
     for i, c in enumerate(calls):
         fx, fy = features(c)
         if fx.shape != fy.shape:  # a site changing width (a strided block): no [n, d] -> [n, d] map
             mismatched.add(i)
+            continue
+        same = first.setdefault((id(fx), id(fy)), i)
+        if same != i:
+            alias[i] = same
             continue
         n, d = fx.shape
         groups[(n, _bucket(d))].append(i)
@@ -241,6 +249,8 @@ def score_calls(
                 out = jax.device_get(out)
             for j, i in enumerate(chunk):
                 results[i] = {k: v[j].item() for k, v in out.items()}
+    for i, same in alias.items():
+        results[i] = results[same]
 
     records = []
     for order, (c, r) in enumerate(zip(calls, results, strict=True)):

@@ -28,6 +28,7 @@ __all__ = [
     "LayerNorm",
     "SqueezeExcitation",
     "adaptive_avg_pool",
+    "reference_classes",
     "avg_pool",
     "conv",
     "flatten_nchw",
@@ -45,6 +46,18 @@ ACTIVATION_CLASSES = (
     "Softplus", "Softshrink", "PReLU", "Softsign", "Tanhshrink", "Softmin", "Softmax",
     "Softmax2d", "LogSoftmax",
 )  # fmt: skip
+
+#: Hooked torch classes that subclass another hooked class. The reference keys a
+#: module by every class it is an instance of, so each ``ReLU6`` call (a
+#: ``Hardtanh`` subclass) is recorded under two keys, ``..._Hardtanh`` and ``..._ReLU6``.
+_TORCH_BASES: dict[str, tuple[str, ...]] = {"ReLU6": ("Hardtanh",)}
+
+
+def reference_classes(kind: str) -> tuple[str, ...]:
+    """The reference's keys' class names for a module of class ``kind``, in its order."""
+    classes = {kind, *_TORCH_BASES.get(kind, ())}
+    return tuple(c for c in ACTIVATION_CLASSES if c in classes) or (kind,)
+
 
 _FUNCTIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "ReLU": nn.relu,

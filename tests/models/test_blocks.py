@@ -61,6 +61,7 @@ def test_conv_norm_activation_and_squeeze_excitation_match_torchvision():
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
     assert [c.key for c in calls] == [
         "features.0.2_Hardswish",
+        "features.1.2_Hardtanh",  # torch's ReLU6 is a Hardtanh: the reference keys it twice
         "features.1.2_ReLU6",
         "se.activation_ReLU",
         "se.scale_activation_Hardsigmoid",
