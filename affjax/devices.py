@@ -128,12 +128,25 @@ def shard_batch(tree, mesh: Mesh):
 
     The leading axis must divide by :func:`device_count` (see :func:`pad_batch`).
     """
-    return jax.device_put(tree, data_sharding(mesh))
+    return _put(tree, data_sharding(mesh))
 
 
 def replicate(tree, mesh: Mesh):
     """``jax.device_put`` of every leaf, whole on every device of the mesh."""
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    return _put(tree, NamedSharding(mesh, P()))
+
+
+def _put(tree, sharding: NamedSharding):
+    if sharding.is_fully_addressable:  # one process
+        return jax.device_put(tree, sharding)
+    # Many processes: each builds the shards of its own devices from its host
+    # copy (every process holds the same values, see gather_slices).
+    return jax.tree.map(
+        lambda a: jax.make_array_from_callback(
+            np.shape(a), sharding, lambda index, a=a: np.asarray(a[index])
+        ),
+        tree,
+    )
 
 
 def gather(tree):
