@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from affjax import devices as devices_lib
 from affjax import precision as precision_lib
 from affjax import sites as sites_lib
 from affjax.models import layers, registry
@@ -99,6 +100,12 @@ def _to_device(a):
     # float64 host data (numpy's default) runs in float32, as the ports expect.
     a = jnp.asarray(a)
     return a.astype(jnp.float32) if a.dtype == jnp.float64 else a
+
+
+def _to_host(a) -> np.ndarray:
+    # As _to_device, kept on the host: device_put then splits it over the mesh.
+    a = np.asarray(a)
+    return a.astype(np.float32) if a.dtype == np.float64 else a
 
 
 def _split_kwargs(apply_kwargs: Mapping | None) -> tuple[tuple, dict]:
@@ -295,9 +302,25 @@ def _walk(tree: Mapping, path: tuple[str, ...] = ()):
             yield from _walk(value, (*path, name))
 
 
-def _chunked(fn, inputs, n: int, chunk_size: int | None, progress) -> list:
-    """``fn(chunk)`` on the host for every chunk of ``inputs`` (pytree, batch-leading)."""
+def _chunked(fn, inputs, n: int, chunk_size: int | None, progress, mesh=None) -> list:
+    """``fn(chunk)`` on the host for every chunk of ``inputs`` (pytree, batch-leading).
+
+    With a ``mesh``, chunks are padded to a multiple of its ``"data"`` size and
+    put split over it; the padded rows are sliced off the gathered results.
+    """
     step = n if not chunk_size else min(chunk_size, n)
+    if mesh is not None:
+        k = devices_lib.device_count(mesh)
+        step = -(-step // k) * k
+        out = []
+        for start in range(0, n, step):
+            chunk = jax.tree.map(lambda a, s=start: _to_host(a[s : s + step]), inputs)
+            padded, m = devices_lib.pad_batch(chunk, step)  # one compiled shape
+            state = devices_lib.gather(fn(devices_lib.shard_batch(padded, mesh)))
+            out.append(jax.tree.map(lambda a, m=m: a[:m] if a.ndim else a, state))
+            if progress is not None:
+                progress(min(start + step, n), n)
+        return out
     out = []
     for start in range(0, n, step):
         chunk = jax.tree.map(lambda a, s=start: _to_device(a[s : s + step]), inputs)
@@ -339,8 +362,8 @@ def _make_call(key, k, kind, functional, path, recs) -> Call:
     )
 
 
-def _capture_sites(fn, inputs, n, chunk_size, functional, progress) -> list[Call]:
-    chunks = _chunked(fn, inputs, n, chunk_size, progress)
+def _capture_sites(fn, inputs, n, chunk_size, functional, progress, mesh=None) -> list[Call]:
+    chunks = _chunked(fn, inputs, n, chunk_size, progress, mesh)
     per_chunk = [
         {(path, name, k): r for path, name, recs in _walk(c) for k, r in enumerate(recs)}
         for c in chunks
@@ -377,6 +400,7 @@ def capture(
     apply_kwargs: Mapping | None = None,
     rngs: Mapping | None = None,
     forward_precision: str = "highest",
+    mesh: jax.sharding.Mesh | None = None,
 ) -> list[Call]:
     """Runs ``module`` on ``inputs`` and returns every selected call in execution order.
 
@@ -403,6 +427,9 @@ def capture(
         rngs: ``apply``'s rngs (``{"dropout": key}``), the same for every chunk.
         forward_precision: ``"highest"`` or ``"default"`` matmul/conv precision
             of the forward pass (see :func:`affjax.signature.signature`).
+        mesh: run the forward split over this mesh's ``"data"`` axis
+            (:mod:`affjax.devices`); variables, array keywords and rngs are
+            replicated. ``None``: one device.
 
     Returns:
         :class:`Call` list in execution order, one per reference key: a
@@ -414,6 +441,8 @@ def capture(
         inputs = jax.tree.map(lambda a: a if isinstance(a, jax.Array) else np.asarray(a), inputs)
     variables = strip_collections(variables)
     static, dynamic = _split_kwargs(apply_kwargs)
+    if mesh is not None:
+        variables, dynamic, rngs = devices_lib.replicate((variables, dynamic, rngs), mesh)
     if sites is not None:
         select = sites_lib.selector(sites)
         fn = functools.partial(
@@ -430,7 +459,7 @@ def capture(
             static_kwargs=static,
             forward_precision=forward_precision,
         )
-        return _capture_sites(fn, inputs, n, chunk_size, functional, progress)
+        return _capture_sites(fn, inputs, n, chunk_size, functional, progress, mesh)
     order = call_order(module, inputs, apply_kwargs, rngs)
 
     forward = _jit(_forward, module, ("static_kwargs", "forward_precision"))
@@ -441,7 +470,7 @@ def capture(
             forward_precision=forward_precision,
         )  # fmt: skip
 
-    chunks = _chunked(fn, inputs, n, chunk_size, progress)
+    chunks = _chunked(fn, inputs, n, chunk_size, progress, mesh)
     seen: dict[tuple[str, ...], int] = {}
     calls = []
     for path, kind, is_functional, key in order:

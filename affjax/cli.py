@@ -118,6 +118,7 @@ def _settings(args, name: str, dataset: str, info: dict) -> dict:
         "sites": args.sites,
         "feature_axis": args.feature_axis,
         "chunk_size": args.chunk_size,
+        "devices": args.devices,
         "weights": info.get("weights"),
     }
     if args.images:
@@ -285,6 +286,7 @@ def _cmd_signature(args) -> int:
             rtol=args.rtol,
             sites=_sites(args.sites),
             feature_axis=args.feature_axis,
+            devices=args.devices,
         )
         batch_records = [{"batch": b, **r} for r in sig.records()]
         timings["batches"][b] = time.perf_counter() - t1
@@ -354,6 +356,19 @@ def _cmd_convert(args) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+def _devices_option(value: str) -> int | str:
+    """``--devices``: a positive int or ``all``."""
+    if value == "all":
+        return value
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'all', got {value!r}")
+    return count
+
+
 def _parser() -> argparse.ArgumentParser:
     from affjax.signature import METRICS, REDUCTIONS
 
@@ -393,6 +408,14 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="images per forward pass (memory); default: whole batch",
+    )
+    s.add_argument(
+        "--devices",
+        type=_devices_option,
+        default=None,
+        metavar="N|all",
+        help="split the forward over the batch and the scores over the calls on N local "
+        "devices, or all of them (default: one device; same results)",
     )
     s.add_argument("--solver", default="auto", choices=("auto", "host", "auction"))
     s.add_argument(

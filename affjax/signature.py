@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from affjax import capture as capture_lib
+from affjax import devices as devices_lib
 from affjax import metrics as metrics_lib
 from affjax import precision as precision_lib
 from affjax import reports
@@ -150,6 +151,20 @@ def _score_group(xs, ys, xs32, ys32, dims, *, wanted: tuple[str, ...], solver: s
     return jax.vmap(one)(xs, ys, xs32, ys32, dims)
 
 
+@functools.partial(jax.jit, static_argnames=("wanted", "solver", "rtol", "mesh"))
+def _score_group_sharded(xs, ys, xs32, ys32, dims, *, wanted, solver, rtol, mesh):
+    """:func:`_score_group` with the stack axis L split over the mesh's ``"data"`` axis.
+
+    Each device scores its ``L / k`` calls (``shard_map``), so the host solver's
+    callback runs per shard instead of on one device after a gather.
+    """
+    body = functools.partial(_score_group, wanted=wanted, solver=solver, rtol=rtol)
+    spec = jax.sharding.PartitionSpec(devices_lib.DATA)
+    return jax.shard_map(body, mesh=mesh, in_specs=(spec,) * 5, out_specs=spec)(
+        xs, ys, xs32, ys32, dims
+    )
+
+
 #: Statuses of a call whose scores are NaN (:meth:`Signature.failures`).
 FAILED = ("nonfinite", "unconverged")
 
@@ -178,10 +193,13 @@ def score_calls(
     dtype: str = "auto",
     rtol: float = 1e-6,
     precision: str | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> list[dict]:
     """Scores captured calls; calls of equal ``[n, d]`` are scored together with ``vmap``.
 
-    ``precision`` is a deprecated alias of ``dtype``.
+    With a ``mesh``, each stack of calls is split over its ``"data"`` axis
+    (padded with copies to a multiple of the device count). ``precision`` is a
+    deprecated alias of ``dtype``.
     """
     dtype = precision_lib.dtype_argument(dtype, precision)
     if reduce not in REDUCTIONS:
@@ -220,11 +238,12 @@ def score_calls(
     # vmap pays on accelerators; on the CPU it only adds compiles (eigh and the
     # host solver loop over the stack anyway), so score one call at a time there.
     stack = 1 if jax.default_backend() == "cpu" else 16
+    k = 1 if mesh is None else devices_lib.device_count(mesh)
     for (n, width), idx in groups.items():
         if n < 2:
             raise SignatureError(f"need at least 2 images to score, got {n}")
         per_call = max(n * n, n * width, width * width) * 8 * 4
-        step = max(1, min(stack, _MAX_GROUP_BYTES // per_call))
+        step = k * max(1, min(stack, _MAX_GROUP_BYTES // per_call))  # calls per device * k
         for start in range(0, len(idx), step):
             chunk = idx[start : start + step]
             padded = chunk + [chunk[0]] * (step - len(chunk))  # one shape per bucket
@@ -236,17 +255,29 @@ def score_calls(
                 x32[j, :, : fx.shape[1]], y32[j, :, : fy.shape[1]] = fx, fy
                 dims[j] = fx.shape[1]
             with precision_lib.scope(dtype):
-                out = _score_group(
-                    jnp.asarray(x32, jdtype),
-                    jnp.asarray(y32, jdtype),
-                    jnp.asarray(x32),
-                    jnp.asarray(y32),
-                    jnp.asarray(dims),
-                    wanted=wanted,
-                    solver=solver,
-                    rtol=rtol,
-                )
-                out = jax.device_get(out)
+                if mesh is None:
+                    out = _score_group(
+                        jnp.asarray(x32, jdtype),
+                        jnp.asarray(y32, jdtype),
+                        jnp.asarray(x32),
+                        jnp.asarray(y32),
+                        jnp.asarray(dims),
+                        wanted=wanted,
+                        solver=solver,
+                        rtol=rtol,
+                    )
+                    out = jax.device_get(out)
+                else:
+                    wide = np.dtype(jdtype)
+                    args = (x32.astype(wide), y32.astype(wide), x32, y32, dims)
+                    out = _score_group_sharded(
+                        *devices_lib.shard_batch(args, mesh),
+                        wanted=wanted,
+                        solver=solver,
+                        rtol=rtol,
+                        mesh=mesh,
+                    )
+                    out = devices_lib.gather(out)
             for j, i in enumerate(chunk):
                 results[i] = {k: v[j].item() for k, v in out.items()}
     for i, same in alias.items():
@@ -361,6 +392,8 @@ def signature(
     apply_kwargs: dict | None = None,
     rngs: dict | None = None,
     forward_precision: str = "highest",
+    devices=None,
+    mesh: jax.sharding.Mesh | None = None,
     precision: str | None = None,
 ) -> Signature:
     r"""Non-linearity signature of a Flax model on a batch of inputs.
@@ -402,6 +435,14 @@ def signature(
             ``"default"`` (the platform's: one bfloat16 pass on TPU, TF32
             convolutions on NVIDIA GPUs; faster, see the README for what it
             costs per call).
+        devices: run over several devices (:mod:`affjax.devices`): an int
+            ``N`` (the first ``N`` local devices), ``"all"``, or a list of
+            devices. The forward pass is split over the batch (chunks padded
+            with copies of real samples to a multiple of the device count) and
+            the score stacks over the calls; the result equals the one-device
+            signature. ``None``: one device.
+        mesh: a ``jax.sharding.Mesh`` with a ``"data"`` axis, instead of
+            ``devices`` (e.g. one over every device of a TPU pod slice).
         precision: deprecated alias of ``dtype``.
 
     Returns:
@@ -416,6 +457,10 @@ def signature(
             f"unknown forward_precision {forward_precision!r}; "
             f"choose one of {precision_lib.FORWARD_PRECISIONS}"
         )
+    try:
+        mesh = devices_lib.resolve(devices, mesh)
+    except devices_lib.DeviceError as err:
+        raise SignatureError(str(err)) from None
     try:
         n = capture_lib.batch_size(inputs)
     except sites_lib.SiteError as err:
@@ -447,6 +492,7 @@ def signature(
                 apply_kwargs=apply_kwargs,
                 rngs=rngs,
                 forward_precision=forward_precision,
+                mesh=mesh,
             )
         except sites_lib.SiteError as err:
             raise SignatureError(str(err)) from None
@@ -460,7 +506,13 @@ def signature(
                 "choose modules with sites= (a class name, a path glob or a predicate)"
             )
         records = score_calls(
-            calls, reduce=reduce, metrics=metrics, solver=solver, dtype=dtype, rtol=rtol
+            calls,
+            reduce=reduce,
+            metrics=metrics,
+            solver=solver,
+            dtype=dtype,
+            rtol=rtol,
+            mesh=mesh,
         )
     meta = {
         "n": int(n),
@@ -473,6 +525,7 @@ def signature(
         "sites": "default" if sites is None else _describe(sites),
         "feature_axis": feature_axis,
         "num_calls": len(records),
+        "devices": 1 if mesh is None else devices_lib.device_count(mesh),
         "nan_policy": "failed calls are NaN with a status",
     }
     if note:
