@@ -20,8 +20,11 @@ def images(n: int = 2, size: int = 224, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
-def assert_logits_match(name: str, size: int = 224, n: int = 2) -> None:
-    model = seeded_model(name)
+def assert_logits_match(
+    name: str, size: int = 224, n: int = 2, model: torch.nn.Module | None = None
+) -> None:
+    """Logits of the port equal torchvision's (``model``: default ``seeded_model(name)``)."""
+    model = seeded_model(name) if model is None else model
     module, variables = convert(model, name)
     x = images(n, size)
     with torch.no_grad():
@@ -34,9 +37,11 @@ def assert_logits_match(name: str, size: int = 224, n: int = 2) -> None:
     assert err <= LOGITS_RTOL, f"{name}: max |dlogit| / max |logit| = {err:.2e}"
 
 
-def assert_features_match(name: str, size: int = 224, n: int = 4) -> None:
+def assert_features_match(
+    name: str, size: int = 224, n: int = 4, model: torch.nn.Module | None = None
+) -> None:
     """Reduced [n, d] features of every call equal torch forward-hook captures."""
-    model = seeded_model(name)
+    model = seeded_model(name) if model is None else model
     module, variables = convert(model, name)
     x = images(n, size, seed=1)
     ref = reference_signature(model, x, metrics=(), keep_features=True)
