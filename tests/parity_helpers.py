@@ -121,24 +121,27 @@ def randomize_affine(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def calibrated_model(name: str, size: int, seed: int = 0, n: int = 256) -> torch.nn.Module:
-    """``seeded_model`` with BatchNorm running statistics measured on random images.
+def calibrated_model(name: str, size: int, seed: int = 0, n: int = 32) -> torch.nn.Module:
+    """:func:`seeded_model` whose BatchNorm running statistics are measured on data.
 
-    torchvision's init (``kaiming_normal_(mode="fan_out")``) counts a depthwise
-    conv's fan-out as ``C * k * k``, so every depthwise layer shrinks the
-    sample-to-sample variation of the spatially averaged features by ~10x; in a
-    seeded MobileNetV3 it falls to ~1e-7 of their mean, float32's resolution,
-    where CKA and R^2 compare rounding noise. Running statistics taken from a
-    batch of ``n`` images of ``size`` px (as BatchNorm recalibration does)
-    keep every layer's features informative, like trained weights do.
+    ``n`` standard-normal ``size`` px images go through the model with its
+    BatchNorms in train mode (cumulative average), so every BatchNorm normalises
+    its input as in a trained network; the affine weights stay randomised. Needed where random
+    statistics let the signal die out with depth: in a seeded EfficientNet-B0
+    the spatial means of the deep layers vary between samples by 1e-9 of their
+    value, float32 rounding noise, on which no metric can be compared; in a
+    seeded MobileNetV3 (torchvision counts a depthwise conv's fan-out as C*k*k,
+    shrinking the variation ~10x per layer) they reach ~1e-7 of their mean.
     """
     model = seeded_model(name, seed)
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average: one batch gives its exact statistics
-    gen = torch.Generator().manual_seed(seed + 2)
-    model.train()
+    norms = [
+        m for m in model.modules() if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))
+    ]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batch
+        m.train()  # only the norms: dropout and stochastic depth stay off
+    x = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed + 2))
     with torch.no_grad():
-        model(torch.randn(n, 3, size, size, generator=gen))
+        model(x)
     return model.eval()
