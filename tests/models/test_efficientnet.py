@@ -64,7 +64,7 @@ def test_preset_config_is_torchvisions(name):
     assert (module.last_channel or 4 * module.stages[-1].out_channels) == last
 
 
-@pytest.mark.slow  # ~850 s on the loaded 2-core machine (reference 370 s, affjax 480 s)
+@pytest.mark.slow  # 600-850 s on the loaded 2-core machine, reference and affjax alike
 def test_efficientnet_b0_signature_matches_float64_reference():
     # n = 128 < d for most calls (d up to 1280). Per-call bound 1e-3 (the
     # helper's), then each metric's worst deviation against what was measured
@@ -73,13 +73,15 @@ def test_efficientnet_b0_signature_matches_float64_reference():
     records, worst = compare_signature("efficientnet_b0", n=128, size=64, model=model)
     assert len(records) == 65
     for metric in ("aff_score", "aff_score_corrected", "cka_score", "r2_score"):
-        assert worst[metric] <= 3e-6, (metric, worst[metric])  # measured <= 3.1e-7: 10x
+        assert worst[metric] <= 3e-6, (metric, worst[metric])  # measured <= 6.0e-7: 5x
     # Entropies are histograms: a float32 forward difference moving one value
-    # across a bin edge moves a row's entropy; measured 2.3e-4 (4x).
+    # across a bin edge moves a row's entropy; measured 2.0e-4 (5x).
     assert max(worst["ent_before"], worst["ent_after"]) <= 1e-3, worst
-    # Fraction of entries with |v| <= 1e-3, one entry crossing it; measured 6.8e-6 (15x).
-    assert max(worst["sparsity_before"], worst["sparsity_after"]) <= 1e-4, worst
-    assert worst["norm_diff"] <= 2e-5, worst  # relative; measured 1.7e-6 (12x)
+    # Fraction of entries with |v| <= 1e-3: one entry crossing the threshold moves it
+    # by 1 / (n x entries per sample), 1 / 1024 for the 8-wide SE squeeze of block 1.
+    # Measured 1.6e-4 (one entry of a 48-wide call); the bound is one such flip.
+    assert max(worst["sparsity_before"], worst["sparsity_after"]) <= 1e-3, worst
+    assert worst["norm_diff"] <= 2e-5, worst  # relative; measured 2.4e-6 (8x)
 
 
 @pytest.mark.slow
