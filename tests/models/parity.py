@@ -18,10 +18,11 @@ from converters.reference.hooks import _activation_keys
 from converters.torchvision import convert
 
 # Both frameworks run the forward in float32 (torch on its CPU kernels, XLA at HIGHEST);
-# the ports are the same arithmetic in another order. Measured over every family's
-# default-suite test (32-299 px): logits <= 2.7e-6 relative to max |logit| (inception_v3
-# at 75 px), reduced features <= 1.7e-5 (maxvit_t at 224 px). Tolerances 18x and 6x.
-LOGITS_RTOL = 5e-5  # relative to the largest |logit|
+# the ports are the same arithmetic in another order. Measured over every model (32-299
+# px): logits <= 2.7e-6 relative to max |logit| in every family but EfficientNet, whose
+# deep MBConv stacks reach 2.5e-5 (efficientnet_v2_m at 72 px); reduced features <=
+# 1.7e-5 (maxvit_t at 224 px). Tolerances 8x and 6x the worst.
+LOGITS_RTOL = 2e-4  # relative to the largest |logit|
 FEATURES_TOL = 1e-4  # relative to the largest |feature| of the call
 
 
