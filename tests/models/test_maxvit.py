@@ -9,7 +9,7 @@ from parity import assert_features_match, assert_logits_match
 from parity_helpers import randomize_affine, seeded_model
 from torchvision.models import maxvit as tv_maxvit
 
-from affjax.capture import call_order, reference_key
+from affjax.capture import call_order
 from affjax.models import get_model
 from affjax.models.maxvit import relative_position_index
 
@@ -55,7 +55,8 @@ def test_small_maxvit_logits_and_features_per_call():
     # classifier's num_classes) is read off the instance.
     model = _small_maxvit()
     assert assert_logits_match("maxvit_t", size=32, model=model) <= 2e-5
-    assert assert_features_match("maxvit_t", size=32, model=model) <= 2e-5
+    worst = assert_features_match("maxvit_t", size=32, model=model)
+    assert max(worst.values()) <= 2e-5
 
 
 def test_maxvit_t_call_sites():
@@ -63,7 +64,7 @@ def test_maxvit_t_call_sites():
     # layer MBConv's GELU, GELU, SiLU, Sigmoid and the window and grid MLP
     # GELUs (none under an `attn` component: "attn_layer" is not "attn"), the Tanh.
     order = call_order(get_model("maxvit_t"), (1, 224, 224, 3))
-    keys = [reference_key(*site) for site in order]
+    keys = [key for *_, key in order]  # (flax_path, kind, functional, reference key)
     assert len(keys) == len(set(keys)) == 1 + 6 * (2 + 2 + 5 + 2) + 1
     layer = "blocks.2.layers.4.layers."
     assert keys[0] == "stem.0.2_GELU" and keys[-1] == "classifier.4_Tanh"
