@@ -78,6 +78,7 @@ def test_functional_only_model_writes_empty_outputs_with_a_note(tmp_path, capsys
     assert stem.with_suffix(".csv").exists() and stem.with_suffix(".png").exists()
 
 
+@requires_torch
 def test_interrupted_run_resumes(tmp_path, monkeypatch):
     real = signature_lib.signature
     calls = []
@@ -305,6 +306,7 @@ def _records_partial(out):
     return json.loads(part.read_text())["records"]
 
 
+@requires_torch
 def test_sigkill_then_resume_equals_uninterrupted(small_inputs, tmp_path):
     import os
     import signal
@@ -379,6 +381,7 @@ def test_second_process_reads_the_compilation_cache(small_inputs, tmp_path):
     assert hits("off") == 0
 
 
+@requires_torch
 def test_uncertified_calls_and_deprecated_precision(tmp_path, capsys):
     # n = 4 and float32 prices: no gap can reach rtol = 1e-12, so every call is
     # uncertified; the scores are written, the run warns and does not fail.

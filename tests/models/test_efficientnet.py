@@ -1,5 +1,9 @@
 """EfficientNet B0-B7 and V2 S/M/L ports against torchvision."""
 
+from optional import skip_module_without_torch
+
+skip_module_without_torch()
+
 import pytest
 import torch
 import torchvision

@@ -1,5 +1,9 @@
 """GoogLeNet port against torchvision (functional ReLUs only)."""
 
+from optional import skip_module_without_torch
+
+skip_module_without_torch()
+
 import jax
 import numpy as np
 import pytest

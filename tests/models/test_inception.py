@@ -1,5 +1,9 @@
 """Inception-v3 port against torchvision (functional ReLUs only)."""
 
+from optional import skip_module_without_torch
+
+skip_module_without_torch()
+
 import pytest
 from parity import assert_basic_conv_relus_match, assert_logits_match
 

@@ -1,5 +1,9 @@
 """MaxViT port against torchvision."""
 
+from optional import skip_module_without_torch
+
+skip_module_without_torch()
+
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -1,5 +1,9 @@
 """MNASNet ports against torchvision."""
 
+from optional import skip_module_without_torch
+
+skip_module_without_torch()
+
 import collections
 import warnings
 

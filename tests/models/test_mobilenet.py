@@ -1,5 +1,9 @@
 """MobileNetV2 / V3 ports against torchvision."""
 
+from optional import skip_module_without_torch
+
+skip_module_without_torch()
+
 import importlib
 
 import jax

@@ -1,5 +1,9 @@
 """RegNetX / RegNetY ports against torchvision."""
 
+from optional import skip_module_without_torch
+
+skip_module_without_torch()
+
 import inspect
 import re
 

@@ -1,5 +1,9 @@
 """ResNet / ResNeXt / Wide ResNet ports against torchvision."""
 
+from optional import skip_module_without_torch
+
+skip_module_without_torch()
+
 import pytest
 from parity import assert_features_match, assert_logits_match
 

@@ -1,5 +1,9 @@
 """ShuffleNetV2 ports against torchvision."""
 
+from optional import skip_module_without_torch
+
+skip_module_without_torch()
+
 import numpy as np
 import pytest
 import torch

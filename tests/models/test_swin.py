@@ -1,5 +1,9 @@
 """Swin Transformer V1/V2 ports against torchvision."""
 
+from optional import skip_module_without_torch
+
+skip_module_without_torch()
+
 import numpy as np
 import pytest
 from parity import assert_features_match, assert_logits_match

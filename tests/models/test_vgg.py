@@ -1,5 +1,9 @@
 """VGG 11/13/16/19 (with and without BatchNorm) ports against torchvision."""
 
+from optional import skip_module_without_torch
+
+skip_module_without_torch()
+
 import pytest
 from parity import assert_features_match, assert_logits_match
 

@@ -1,5 +1,9 @@
 """Vision Transformer ports against torchvision."""
 
+from optional import skip_module_without_torch
+
+skip_module_without_torch()
+
 import jax
 import numpy as np
 import pytest
