@@ -156,3 +156,24 @@ def test_bf16_emulation_shows_what_default_would_cost():
     diff = np.abs(high - low)
     assert 2.3e-6 <= diff.max() <= 2.3e-2
     assert 6.8e-7 <= np.median(diff) <= 6.8e-3
+
+
+def test_float32_signature_within_1e4_of_float64_per_call():
+    # Issue 8.4: float32 (the TPU's dtype) as exact as float64 on real activations.
+    # A Flax-init resnet18 on 96 images of 32 px covers d < n (64), n < d < 2n
+    # (128) and d > 2n (256, 512; scored in the samples' span). Same captured
+    # features, scored in both dtypes: measured max 1.4e-6, median 2.3e-8 per
+    # call (before the factored Bures map: max 2.0e-3, median 6.7e-5). Bounds:
+    # the issue's 1e-4 (70x the measured max) and 100x the measured median.
+    module = get_model("resnet18")
+    images = np.random.default_rng(0).normal(size=(96, 32, 32, 3)).astype(np.float32)
+    variables = module.init(jax.random.key(0), images[:1])
+    variables = {k: variables[k] for k in ("params", "batch_stats")}
+    calls = capture_lib.capture(module, variables, images)
+    assert {c.x.shape[1] for c in calls} == {64, 128, 256, 512}
+    kw = dict(metrics=("aff_score",), solver="host")
+    f64 = signature_lib.score_calls(calls, dtype="float64", **kw)
+    f32 = signature_lib.score_calls(calls, dtype="float32", **kw)
+    diff = np.array([abs(a["aff_score"] - b["aff_score"]) for a, b in zip(f32, f64, strict=True)])
+    assert diff.max() <= 1e-4
+    assert np.median(diff) <= 2.3e-6

@@ -125,8 +125,23 @@ def test_float32_mode_close_to_float64():
     r32 = affinity_score(x, y, dtype="float32")
     assert r32.score.dtype == jnp.float32
     # measured |diff| 2.1e-8 on this well-conditioned problem (kappa ~ 10); 1e-6 is 47x.
-    # float32 vs float64 on the parity grid above measures 2e-9 to 1.6e-5 (d = n = 512).
     assert float(r32.score) == pytest.approx(float(r64.score), abs=1e-6)
+
+
+@pytest.mark.parametrize("shrinkage", [False, True])
+def test_float32_close_to_float64_when_d_exceeds_n(shrinkage):
+    # d > n: the 1e-6 ridge sets the covariances' small eigenvalues (condition
+    # number 7e6, about 1 / eps32). float32 takes the Bures map from the samples'
+    # triangular factors through an SVD: measured |diff| 9.1e-8 (5.2e-8 with
+    # shrinkage); the published form it replaced was off by 8.9e-5. Bound 1e-6.
+    rng = np.random.default_rng(96)
+    x = rng.normal(size=(64, 96)) @ (np.eye(96) + 0.5 * rng.normal(size=(96, 96)) / np.sqrt(96))
+    x = x.astype(np.float32)
+    y = np.maximum(x, 0)
+    r64 = affinity_score(x, y, shrinkage=shrinkage, solver="host")
+    r32 = affinity_score(x, y, shrinkage=shrinkage, solver="host", dtype="float32")
+    assert r32.score.dtype == jnp.float32
+    assert abs(float(r32.score) - float(r64.score)) <= 1e-6
 
 
 def test_import_leaves_global_x64_untouched():

@@ -17,6 +17,7 @@ __all__ = [
     "ledoit_wolf",
     "ledoit_wolf_parts",
     "ledoit_wolf_shrinkage",
+    "triangular_factor",
 ]
 
 #: Ridge the published method adds to every covariance "to avoid singularities".
@@ -128,6 +129,18 @@ def ledoit_wolf_parts(
     Outside the span of the samples the shrunk covariance is that scalar times
     the identity, which the score needs when working in a subspace.
     """
+    cov, _, floor = ledoit_wolf_terms(x, ridge, dim)
+    return cov, floor
+
+
+def ledoit_wolf_terms(
+    x: jnp.ndarray, ridge: float = RIDGE, dim: int | None = None
+) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    r""":func:`ledoit_wolf` as ``(cov, scale, floor)`` with ``cov = scale * xc^T xc + floor * I``.
+
+    ``xc`` is ``x`` centred, ``scale = (1 - s) / n`` and ``floor = s mu + ridge``:
+    the form :func:`triangular_factor` takes.
+    """
     n, k = x.shape
     d = k if dim is None else dim
     xc = centered(x)
@@ -135,4 +148,30 @@ def ledoit_wolf_parts(
     mu = jnp.trace(emp) / d
     s = ledoit_wolf_shrinkage(x, dim=d)
     floor = s * mu + ridge
-    return (1.0 - s) * emp + floor * jnp.eye(k, dtype=x.dtype), floor
+    return (1.0 - s) * emp + floor * jnp.eye(k, dtype=x.dtype), (1.0 - s) / n, floor
+
+
+def triangular_factor(xc: jnp.ndarray, scale, floor) -> jnp.ndarray:
+    r"""Upper triangular :math:`R` ``[d, d]`` with :math:`R^\top R = c\, X^\top X + f I`.
+
+    From a QR factorisation of the stacked ``[n + d, d]`` matrix
+    :math:`[\sqrt{c} X;\ \sqrt{f} I]`, never from the covariance itself: the
+    stack's condition number is the square root of the covariance's, so the
+    factor keeps the small directions (the ridge, when ``d >= n``) that a
+    float32 Cholesky of :math:`c X^\top X + f I` loses or fails on (its
+    condition number reaches 1e7 at the reference's ridge 1e-6, about
+    :math:`1/\epsilon_{32}`). ``R``'s diagonal may be negative.
+
+    Args:
+        xc: centred samples ``[n, d]``.
+        scale: :math:`c > 0` (``1 / (n - 1)`` for :func:`empirical`).
+        floor: :math:`f > 0` (the ridge, or Ledoit-Wolf's ``s mu + ridge``).
+
+    Returns:
+        ``[d, d]`` upper triangular.
+    """
+    d = xc.shape[1]
+    stack = jnp.concatenate(
+        [jnp.sqrt(scale) * xc, jnp.sqrt(floor) * jnp.eye(d, dtype=xc.dtype)], axis=0
+    )
+    return jnp.linalg.qr(stack, mode="r")
