@@ -88,23 +88,15 @@ def main(out_dir: str) -> None:
 
 def run_cli(tmp: Path) -> dict:
     """``affjax signature --devices 4`` on a random-filled resnet18, 6 images of 16 px."""
+    from random_variables import random_variables
+
     from affjax import cli
     from affjax.checkpoint import save_variables
     from affjax.models import get_model
 
     module = get_model("resnet18")
-    shapes = jax.eval_shape(
-        module.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 16, 16, 3), "float32")
-    )
     rng = np.random.default_rng(0)
-
-    def fill(path, leaf):
-        value = 0.1 * rng.standard_normal(leaf.shape).astype(np.float32)
-        return np.abs(value) + 0.5 if path[-1].key == "var" else value
-
-    variables = {
-        k: jax.tree_util.tree_map_with_path(fill, shapes[k]) for k in ("params", "batch_stats")
-    }
+    variables = random_variables(module, (1, 16, 16, 3), rng)
     save_variables(tmp / "r18.msgpack", "resnet18", module, variables)
     images = rng.normal(size=(6, 16, 16, 3)).astype(np.float32)
     np.save(tmp / "images.npy", images)

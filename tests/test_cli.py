@@ -211,25 +211,16 @@ def test_convert_then_torch_free_signature(tmp_path):
 @pytest.fixture(scope="module")
 def small_inputs(tmp_path_factory):
     """resnet18 variables (random, made without torch) and 12 images of 32 px, on disk."""
-    import jax
+
+    from random_variables import random_variables
 
     from affjax.checkpoint import save_variables
     from affjax.models import get_model
 
     tmp = tmp_path_factory.mktemp("inputs")
     module = get_model("resnet18")
-    shapes = jax.eval_shape(
-        module.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 32, 32, 3), "float32")
-    )
     rng = np.random.default_rng(0)
-
-    def fill(path, leaf):
-        value = 0.1 * rng.standard_normal(leaf.shape).astype(np.float32)
-        return np.abs(value) + 0.5 if path[-1].key == "var" else value
-
-    variables = {
-        k: jax.tree_util.tree_map_with_path(fill, shapes[k]) for k in ("params", "batch_stats")
-    }
+    variables = random_variables(module, (1, 32, 32, 3), rng)
     save_variables(tmp / "r18.msgpack", "resnet18", module, variables)
     images = rng.normal(size=(12, 32, 32, 3)).astype(np.float32)
     np.save(tmp / "images.npy", images)

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 from parity import assert_features_match, assert_logits_match
+from random_variables import random_variables
 
 from affjax.capture import capture
 from affjax.models import list_models
@@ -32,16 +33,7 @@ def test_functional_relu_site_only_on_request():
     x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
     # Random variables from numpy: compiling module.init (threefry per leaf) is slower
     # on CPU than the whole capture.
-    shapes = jax.eval_shape(module.init, jax.random.key(1), x)
-    rng = np.random.default_rng(0)
-
-    def fill(path, leaf):
-        value = rng.standard_normal(leaf.shape).astype(np.float32)
-        return np.abs(value) + 0.5 if path[-1].key == "var" else value
-
-    variables = {
-        k: jax.tree_util.tree_map_with_path(fill, shapes[k]) for k in ("params", "batch_stats")
-    }
+    variables = random_variables(module, x.shape, np.random.default_rng(0), scale=1.0)
 
     default = capture(module, variables, x)
     assert not any(c.functional or ":" in c.key for c in default)
