@@ -503,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "signature":
         from affjax import compilation_cache
 
-        compilation_cache.enable()
+        compilation_cache.enable_default()
     try:
         return args.fn(args)
     except KeyboardInterrupt:

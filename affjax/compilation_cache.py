@@ -1,11 +1,13 @@
-"""JAX's persistent compilation cache, on for the ``affjax`` command.
+"""JAX's persistent compilation cache, on by default.
 
-Compiling a model's forward pass and the score kernels takes longer than a
+Compiling a model's forward pass and the score kernels takes about as long as a
 signature on CPU (resnet18 at batch 256: ~6 s of ~12 s). With the cache, a second
-process loads the executables from disk instead. The command line turns it on
-(``AFFJAX_CACHE_DIR`` overrides the place, ``AFFJAX_CACHE_DIR=off`` disables it);
-library users call :func:`enable` themselves, since it is JAX's global setting
-and importing affjax never changes JAX's configuration.
+process loads the executables from disk instead. The command line and the first
+:func:`affjax.signature` call of a process turn it on (:func:`enable_default`) in
+``~/.cache/affjax/jax``; ``AFFJAX_CACHE_DIR`` overrides the place and
+``AFFJAX_CACHE_DIR=off`` disables it. A cache directory you configured yourself
+(``jax.config.update("jax_compilation_cache_dir", ...)``) is left alone.
+Importing affjax never changes JAX's configuration.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import os
 from pathlib import Path
 
 import jax
+from jax.experimental.compilation_cache import compilation_cache as _jax_cache
 
-__all__ = ["default_dir", "enable"]
+__all__ = ["default_dir", "enable", "enable_default"]
 
 _OFF = ("", "0", "off", "none", "false")
 
@@ -29,7 +32,7 @@ def default_dir() -> Path | None:
     return Path(base) / "affjax" / "jax"
 
 
-def enable(path: str | os.PathLike | None = None, min_compile_seconds: float = 0.5) -> Path | None:
+def enable(path: str | os.PathLike | None = None, min_compile_seconds: float = 0.0) -> Path | None:
     """Turns on JAX's persistent compilation cache in ``path`` (default: :func:`default_dir`).
 
     Only compilations longer than ``min_compile_seconds`` are written, so the
@@ -43,7 +46,28 @@ def enable(path: str | os.PathLike | None = None, min_compile_seconds: float = 0
         where.mkdir(parents=True, exist_ok=True)
     except OSError:
         return None
-    jax.config.update("jax_compilation_cache_dir", str(where))
+    if jax.config.jax_compilation_cache_dir != str(where):
+        jax.config.update("jax_compilation_cache_dir", str(where))
+        # JAX decides once per process, at its first compile, whether the cache is
+        # used; a process that compiled before this call would otherwise never use it.
+        _jax_cache.reset_cache()
     jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return where
+
+
+_defaulted = False
+
+
+def enable_default() -> Path | None:
+    """:func:`enable` once per process, unless a cache directory is already configured.
+
+    Called by the CLI and by :func:`affjax.signature`. Returns the directory in
+    use, or ``None`` when the cache is off.
+    """
+    global _defaulted
+    configured = jax.config.jax_compilation_cache_dir
+    if _defaulted or configured:
+        return Path(configured) if configured else None
+    _defaulted = True
+    return enable()

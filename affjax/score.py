@@ -23,7 +23,15 @@ from affjax import precision as precision_lib
 from affjax.math import costs, covariance, matrix_square_root
 from affjax.solvers import assignment, host
 
-__all__ = ["AffinityResult", "affinity", "affinity_score", "DEGENERATE_TRACE"]
+__all__ = [
+    "DEGENERATE_TRACE",
+    "AffinityResult",
+    "MappedPoints",
+    "affinity",
+    "affinity_score",
+    "from_matching",
+    "mapped_points",
+]
 
 #: The published method maps to a constant when tr(Sy) <= DEGENERATE_TRACE * d.
 DEGENERATE_TRACE = 2e-6
@@ -73,7 +81,85 @@ def affinity(
         return _affinity(x, y, shrinkage=shrinkage, solver=solver, rtol=rtol, dim=dim)
 
 
+class MappedPoints(NamedTuple):
+    """Steps 1-3 of the score: the point clouds whose W2 step 4 measures.
+
+    ``t`` and ``y`` are centred on ``m_y`` (distances are what count); when
+    ``d > 2n`` they are coordinates in an orthonormal basis of the samples'
+    span, which preserves every distance.
+    """
+
+    t: jax.Array  # [n, k] A-mapped centred inputs
+    y: jax.Array  # [n, k] centred outputs
+    normaliser: jax.Array  # 2 tr(Sy)
+    degenerate: jax.Array  # bool: tr(Sy) below threshold, A = 0
+    finite: jax.Array  # bool: inputs were all finite
+
+
+def mapped_points(x: jax.Array, y: jax.Array, *, shrinkage: bool = False, dim=None) -> MappedPoints:
+    """Steps 1-3 of :func:`affinity` (covariances, Bures map, mapped inputs), traceable.
+
+    With :func:`from_matching` around any assignment solver, this splits the
+    score where the solver sits: the CPU path solves on the host between two
+    compiled stages (no callback inside XLA, so both stages can be cached on
+    disk), the accelerator path keeps all three in one graph.
+    """
+    with precision_lib.matmul_scope("highest"):
+        return _mapped_points(x, y, shrinkage=shrinkage, dim=dim)
+
+
+def from_matching(
+    points: MappedPoints,
+    perm: jax.Array,
+    *,
+    gap=0.0,
+    converged=True,
+    rtol: float = 1e-6,
+) -> AffinityResult:
+    """Steps 4-5 given a matching ``perm`` of ``points.t`` to ``points.y`` (traceable).
+
+    W2 is summed from the matched pairs; ``gap`` is the solver's certificate on
+    the matching's total (0 for an exact solver).
+    """
+    n = points.t.shape[0]
+    with precision_lib.matmul_scope("highest"):
+        w2 = costs.matched_cost(points.t, points.y, perm) / n
+    return _finish(points, w2, jnp.asarray(gap, w2.dtype) / n, jnp.asarray(converged), rtol)
+
+
 def _affinity(x, y, *, shrinkage, solver, rtol, dim) -> AffinityResult:
+    points = _mapped_points(x, y, shrinkage=shrinkage, dim=dim)
+    tc, yc, n = points.t, points.y, x.shape[0]
+    if x.shape[1] == 1:
+        w2 = _sorted_w2(tc, yc)
+        gap, converged = jnp.zeros_like(w2), jnp.asarray(True)
+    elif assignment.resolve_solver(solver) == "host":
+        _, total = host.host_matching(tc, yc)
+        w2, gap, converged = total / n, jnp.zeros_like(total), jnp.isfinite(total)
+    else:
+        # The cost matrix only chooses the matching; its W2 is summed from the
+        # matched pairs, so rounding in the expanded cost (a bfloat16 product
+        # once made it 4.5 % high) cannot move the reported value. The gap is
+        # the solver's certificate on the matrix it was given.
+        res = assignment.solve(costs.sq_euclidean(tc, yc), solver=solver, rtol=rtol)
+        w2, gap, converged = costs.matched_cost(tc, yc, res.perm) / n, res.gap / n, res.converged
+    return _finish(points, w2, gap, converged, rtol)
+
+
+def _finish(points: MappedPoints, w2, gap, converged, rtol) -> AffinityResult:
+    score = 1.0 - jnp.sqrt(w2 / points.normaliser)
+    ok = points.finite & converged
+    score = jnp.where(ok, score, jnp.nan)
+    w2 = jnp.where(ok, w2, jnp.nan)
+    # A certificate means what it says: the auction's eps floor (64 ulps of the
+    # cost scale) can end a float32 solve with gap above rtol * w2.
+    certified = ok & (gap <= rtol * w2)
+    return AffinityResult(
+        score, w2, points.normaliser, gap, points.degenerate, points.finite, converged, certified
+    )
+
+
+def _mapped_points(x, y, *, shrinkage, dim) -> MappedPoints:
     n, d_arr = x.shape
     d = d_arr if dim is None else dim
     finite = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(y))
@@ -114,28 +200,7 @@ def _affinity(x, y, *, shrinkage, solver, rtol, dim) -> AffinityResult:
         a = matrix_square_root.bures_map_factored(r_x, r_y)
     a = jnp.where(degenerate, 0.0, a)
     tc = xc @ a  # mapped inputs, centred on my (the cost below then cancels less)
-    if d_arr == 1:
-        w2 = _sorted_w2(tc, yc)
-        gap, converged = jnp.zeros_like(w2), jnp.asarray(True)
-    elif assignment.resolve_solver(solver) == "host":
-        _, total = host.host_matching(tc, yc)
-        w2, gap, converged = total / n, jnp.zeros_like(total), jnp.isfinite(total)
-    else:
-        # The cost matrix only chooses the matching; its W2 is summed from the
-        # matched pairs, so rounding in the expanded cost (a bfloat16 product
-        # once made it 4.5 % high) cannot move the reported value. The gap is
-        # the solver's certificate on the matrix it was given.
-        res = assignment.solve(costs.sq_euclidean(tc, yc), solver=solver, rtol=rtol)
-        w2, gap, converged = costs.matched_cost(tc, yc, res.perm) / n, res.gap / n, res.converged
-    normaliser = 2.0 * tr
-    score = 1.0 - jnp.sqrt(w2 / normaliser)
-    ok = finite & converged
-    score = jnp.where(ok, score, jnp.nan)
-    w2 = jnp.where(ok, w2, jnp.nan)
-    # A certificate means what it says: the auction's eps floor (64 ulps of the
-    # cost scale) can end a float32 solve with gap above rtol * w2.
-    certified = ok & (gap <= rtol * w2)
-    return AffinityResult(score, w2, normaliser, gap, degenerate, finite, converged, certified)
+    return MappedPoints(tc, yc, 2.0 * tr, degenerate, finite)
 
 
 @functools.partial(jax.jit, static_argnames=("shrinkage", "solver", "rtol"))

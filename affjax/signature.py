@@ -17,14 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from affjax import capture as capture_lib
+from affjax import compilation_cache, reports
 from affjax import devices as devices_lib
 from affjax import metrics as metrics_lib
 from affjax import precision as precision_lib
-from affjax import reports
 from affjax import score as score_lib
 from affjax import sites as sites_lib
 from affjax.capture import Call
-from affjax.solvers import assignment
+from affjax.solvers import assignment, host
 
 __all__ = [
     "METRICS",
@@ -102,9 +102,32 @@ def _bucket(d: int) -> int:
     return -(-d // step) * step
 
 
+#: The two scores: (metric, Ledoit-Wolf shrinkage, suffix of their status fields).
+_SCORES = (("aff_score", False, ""), ("aff_score_corrected", True, "_corrected"))
+
+
+def _score_fields(name: str, suffix: str, r: score_lib.AffinityResult) -> dict:
+    out = {
+        name: r.score,
+        "finite": r.finite,
+        "converged" + suffix: r.converged,
+        "certified" + suffix: r.certified,
+    }
+    if not suffix:
+        out.update(w2=r.w2, gap=r.gap, degenerate=r.degenerate)
+    return out
+
+
 @functools.partial(jax.jit, static_argnames=("wanted", "solver", "rtol"))
 def _score_group(xs, ys, xs32, ys32, dims, *, wanted: tuple[str, ...], solver: str, rtol: float):
-    """All requested metrics for a stack of zero-padded calls ``[L, n, d]``, vmapped over L."""
+    """All requested metrics for a stack of zero-padded calls ``[L, n, d]``, vmapped over L.
+
+    With ``solver="host"`` the scores stop before the assignment: ``out["points"]``
+    holds each score's :class:`~affjax.score.MappedPoints`, which the host matches
+    and :func:`_finish_group` turns into scores. No callback sits inside the
+    graph, so XLA can cache it on disk and its threads do not compete with the
+    host BLAS while scipy runs.
+    """
 
     def one(x, y, x32, y32, dim):
         # The side metrics' products (CKA, the R2 fit) at HIGHEST too.
@@ -112,27 +135,18 @@ def _score_group(xs, ys, xs32, ys32, dims, *, wanted: tuple[str, ...], solver: s
             return metrics_of(x, y, x32, y32, dim)
 
     def metrics_of(x, y, x32, y32, dim):
-        out = {}
-        score = functools.partial(score_lib.affinity, solver=solver, rtol=rtol, dim=dim)
-        if "aff_score" in wanted:
-            r = score(x, y, shrinkage=False)
-            out.update(
-                aff_score=r.score,
-                w2=r.w2,
-                gap=r.gap,
-                degenerate=r.degenerate,
-                finite=r.finite,
-                converged=r.converged,
-                certified=r.certified,
-            )
-        if "aff_score_corrected" in wanted:
-            r = score(x, y, shrinkage=True)
-            out.update(
-                aff_score_corrected=r.score,
-                finite=r.finite,
-                converged_corrected=r.converged,
-                certified_corrected=r.certified,
-            )
+        out = {"finite": jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(y))}
+        points = {}
+        for name, shrinkage, suffix in _SCORES:
+            if name not in wanted:
+                continue
+            if solver == "host":
+                points[name] = score_lib.mapped_points(x, y, shrinkage=shrinkage, dim=dim)
+            else:
+                r = score_lib.affinity(x, y, shrinkage=shrinkage, solver=solver, rtol=rtol, dim=dim)
+                out.update(_score_fields(name, suffix, r))
+        if points:
+            out["points"] = points
         if "cka_score" in wanted:
             out["cka_score"] = metrics_lib.cka(x, y)
         # The reference bins float32 features; same arithmetic, same bins.
@@ -144,25 +158,50 @@ def _score_group(xs, ys, xs32, ys32, dims, *, wanted: tuple[str, ...], solver: s
             out["norm_diff"] = metrics_lib.norm_diff(x, y)
         if "r2_score" in wanted:
             out["r2_score"] = metrics_lib.r2(x, y, dim=dim)
-        if "finite" not in out:
-            out["finite"] = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(y))
         return out
 
     return jax.vmap(one)(xs, ys, xs32, ys32, dims)
+
+
+@functools.partial(jax.jit, static_argnames=("rtol",))
+def _finish_group(points: dict, perms: dict, *, rtol: float) -> dict:
+    """The scores of :func:`_score_group`'s ``points`` from the host's matchings, vmapped."""
+
+    def one(points, perms):
+        out = {}
+        for name, _, suffix in _SCORES:
+            if name in points:
+                r = score_lib.from_matching(points[name], perms[name], rtol=rtol)
+                out.update(_score_fields(name, suffix, r))
+        return out
+
+    return jax.vmap(one)(points, perms)
 
 
 @functools.partial(jax.jit, static_argnames=("wanted", "solver", "rtol", "mesh"))
 def _score_group_sharded(xs, ys, xs32, ys32, dims, *, wanted, solver, rtol, mesh):
     """:func:`_score_group` with the stack axis L split over the mesh's ``"data"`` axis.
 
-    Each device scores its ``L / k`` calls (``shard_map``), so the host solver's
-    callback runs per shard instead of on one device after a gather.
+    Each device scores its ``L / k`` calls (``shard_map``).
     """
     body = functools.partial(_score_group, wanted=wanted, solver=solver, rtol=rtol)
     spec = jax.sharding.PartitionSpec(devices_lib.DATA)
     return jax.shard_map(body, mesh=mesh, in_specs=(spec,) * 5, out_specs=spec)(
         xs, ys, xs32, ys32, dims
     )
+
+
+def _match_on_host(out: dict, rtol: float) -> dict:
+    """Completes a ``solver="host"`` group: scipy matchings, then the scores."""
+    points = out.pop("points", None)
+    if not points:
+        return out
+    perms = {name: host.match_points(p.t, p.y) for name, p in points.items()}
+    finished = jax.device_get(_finish_group(points, perms, rtol=rtol))
+    finite = out["finite"]
+    out.update(finished)
+    out["finite"] = finite & finished["finite"]
+    return out
 
 
 #: Statuses of a call whose scores are NaN (:meth:`Signature.failures`).
@@ -215,7 +254,10 @@ def score_calls(
             return c.x_channels, c.y_channels
         return c.x, c.y
 
-    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    # Keyed by (n, width bucket, whether r2 is well-posed): an ill-posed r2
+    # (n <= d + 1, recorded as NaN) is not computed at all; its SVD of the
+    # [n, d] features was a fifth of DenseNet-121's scoring time at n = 256.
+    groups: dict[tuple[int, int, bool], list[int]] = defaultdict(list)
     mismatched = set()
     # Calls sharing their arrays (one ReLU6 call under its Hardtanh and ReLU6 keys)
     # are scored once.
@@ -231,7 +273,7 @@ def score_calls(
             alias[i] = same
             continue
         n, d = fx.shape
-        groups[(n, _bucket(d))].append(i)
+        groups[(n, _bucket(d), n > d + 1)].append(i)
 
     wanted = tuple(m for m in METRICS if m in metrics)
     results: list[dict] = [{} for _ in calls]
@@ -239,7 +281,8 @@ def score_calls(
     # host solver loop over the stack anyway), so score one call at a time there.
     stack = 1 if jax.default_backend() == "cpu" else 16
     k = 1 if mesh is None else devices_lib.device_count(mesh)
-    for (n, width), idx in groups.items():
+    for (n, width, r2_posed), idx in groups.items():
+        group_wanted = wanted if r2_posed else tuple(m for m in wanted if m != "r2_score")
         if n < 2:
             raise SignatureError(f"need at least 2 images to score, got {n}")
         per_call = max(n * n, n * width, width * width) * 8 * 4
@@ -262,22 +305,22 @@ def score_calls(
                         jnp.asarray(x32),
                         jnp.asarray(y32),
                         jnp.asarray(dims),
-                        wanted=wanted,
+                        wanted=group_wanted,
                         solver=solver,
                         rtol=rtol,
                     )
-                    out = jax.device_get(out)
+                    out = _match_on_host(jax.device_get(out), rtol)
                 else:
                     wide = np.dtype(jdtype)
                     args = (x32.astype(wide), y32.astype(wide), x32, y32, dims)
                     out = _score_group_sharded(
                         *devices_lib.shard_batch(args, mesh),
-                        wanted=wanted,
+                        wanted=group_wanted,
                         solver=solver,
                         rtol=rtol,
                         mesh=mesh,
                     )
-                    out = devices_lib.gather(out)
+                    out = _match_on_host(devices_lib.gather(out), rtol)
             for j, i in enumerate(chunk):
                 results[i] = {k: v[j].item() for k, v in out.items()}
     for i, same in alias.items():
@@ -452,6 +495,7 @@ def signature(
         the reference; ``meta["note"]`` then says so, and nothing is run.
     """
     dtype = precision_lib.dtype_argument(dtype, precision)
+    compilation_cache.enable_default()
     if forward_precision not in precision_lib.FORWARD_PRECISIONS:
         raise SignatureError(
             f"unknown forward_precision {forward_precision!r}; "

@@ -19,7 +19,7 @@ from scipy.optimize import linear_sum_assignment
 
 from affjax.math import costs
 
-__all__ = ["host_assignment", "host_matching"]
+__all__ = ["host_assignment", "host_matching", "match_points"]
 
 
 def _assign(cost: np.ndarray) -> np.ndarray:
@@ -60,13 +60,28 @@ def host_assignment(cost: jax.Array) -> tuple[jax.Array, jax.Array]:
     return perm, jnp.where(finite, total, jnp.nan)
 
 
-def _match_numpy(t: np.ndarray, y: np.ndarray) -> np.ndarray:
+def match_points(t: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Optimal matchings of point clouds ``t``, ``y`` ``[..., n, d]`` under squared distance.
+
+    Plain numpy (float64), for use outside a compiled graph: one
+    ``linear_sum_assignment`` per cloud on its cost matrix, built here with the
+    host BLAS; in one dimension the monotone matching (sorting), which is
+    optimal for any convex cost.
+
+    Returns:
+        ``[..., n]`` int32 permutations, ``t_i`` matched to ``y_perm[i]``.
+    """
     t = np.asarray(t, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     flat_t = t.reshape((-1,) + t.shape[-2:])
     flat_y = y.reshape((-1,) + y.shape[-2:])
     perms = []
     for tb, yb in zip(flat_t, flat_y, strict=True):
+        if tb.shape[-1] == 1 and np.all(np.isfinite(tb)) and np.all(np.isfinite(yb)):
+            perm = np.empty(tb.shape[0], dtype=np.int32)
+            perm[np.argsort(tb[:, 0], kind="stable")] = np.argsort(yb[:, 0], kind="stable")
+            perms.append(perm)
+            continue
         # Squared distances with the host BLAS, next to the solver: no n^2 floats
         # cross the device boundary.
         perms.append(_assign(costs.sq_euclidean(tb, yb)))
@@ -84,7 +99,7 @@ def host_matching(t: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
         ``(perm, total)`` as :func:`host_assignment`.
     """
     shape = jax.ShapeDtypeStruct(t.shape[:-1], jnp.int32)
-    perm = jax.pure_callback(_match_numpy, shape, t, y, vmap_method="expand_dims")
+    perm = jax.pure_callback(match_points, shape, t, y, vmap_method="expand_dims")
     total = costs.matched_cost(t, y, perm)
     finite = jnp.all(jnp.isfinite(t)) & jnp.all(jnp.isfinite(y))
     return perm, jnp.where(finite, total, jnp.nan)
