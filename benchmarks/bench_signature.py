@@ -141,11 +141,15 @@ class _Compiles:
             dispatch, "BACKEND_COMPILE_EVENT", "/jax/core/compile/backend_compile_duration"
         )
         self.log: list[tuple[str, float]] = []
+        self.events: dict[str, list] = {}  # every duration event: tracing, lowering, ...
         self.cache = {"hits": 0, "misses": 0}
         jax.monitoring.register_event_duration_secs_listener(self._duration)
         jax.monitoring.register_event_listener(self._event)
 
     def _duration(self, event, secs, **kwargs):
+        entry = self.events.setdefault(event, [0, 0.0])
+        entry[0] += 1
+        entry[1] += float(secs)
         if event == self.event:
             self.log.append((str(kwargs.get("fun_name", "?")), float(secs)))
 
@@ -247,6 +251,9 @@ def _child_affjax(spec: dict) -> dict:
         out["forward_s"] = statistics.median(fw)
     out["compiles_later"] = compiles.summary(mark)
     out["persistent_cache"] = compiles.cache
+    out["jax_duration_events"] = {
+        k: {"count": c, "seconds": round(v, 3)} for k, (c, v) in compiles.events.items()
+    }
     keep = ("layer", "call", "n", "d", "status", *spec["metrics"])
     out["records"] = [{k: r[k] for k in keep if k in r} for r in records]
     widths = sorted({r["d"] for r in records})
@@ -345,7 +352,8 @@ def _deltas(ref: list[dict], aff: list[dict], metrics) -> dict:
     return out
 
 
-def bench_model(name: str, args) -> dict:
+def bench_model(name: str, args, save=None) -> dict:
+    """One model's row; ``save(partial_row)`` after each child, so a killed run keeps them."""
     metrics = METRIC_SETS[args.metrics]
     row = {
         "model": name,
@@ -369,15 +377,23 @@ def bench_model(name: str, args) -> dict:
         )
         cache = tmp / "jax_cache"
         runs = {}
+
+        def done():
+            if save is not None:
+                lean = {k: {f: v for f, v in r.items() if f != "records"} for k, r in runs.items()}
+                save({**row, "runs": lean, "partial": True})
+
         runs["affjax_cold"] = _run_child(
             "affjax", {**base, "cache_dir": str(cache), "forward": True}, tmp, "a1",
             args.device, args.timeout,
         )  # fmt: skip
+        done()
         if not args.no_cached_run:
             runs["affjax_cached"] = _run_child(
                 "affjax", {**base, "cache_dir": str(cache), "forward": False, "reps": 1}, tmp,
                 "a2", args.device, args.timeout,
             )  # fmt: skip
+            done()
         if not args.skip_reference:
             runs["reference"] = _run_child(
                 "reference",
@@ -509,13 +525,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> list[dict]:
     args = _parser().parse_args(argv)
-    rows = []
-    for name in args.model:
-        row = bench_model(name, args)
-        rows.append(row)
-        print(_table(row), flush=True)
-    out = args.out or (
-        ROOT
+    out = Path(
+        args.out
+        or ROOT
         / "benchmarks/results"
         / f"signature_{'-'.join(args.model)}_b{args.batch}_{args.metrics}_{args.device}.json"
     )
@@ -523,11 +535,21 @@ def main(argv=None) -> list[dict]:
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
-        "command": "python benchmarks/bench_signature.py " + " ".join(argv or sys.argv[1:]),
+        "command": "python benchmarks/bench_signature.py "
+        + " ".join(sys.argv[1:] if argv is None else argv),
     }
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    rows = []
+
+    def save(partial=None):  # after every child: a run cut short keeps what it measured
+        done = rows + ([partial] if partial else [])
+        out.write_text(json.dumps({"meta": meta, "rows": done}, indent=1))
+
+    for name in args.model:
+        row = bench_model(name, args, save)
+        rows.append(row)
+        print(_table(row), flush=True)
+        save()
     print(f"wrote {out}")
     return rows
 
