@@ -384,7 +384,7 @@ def bench_model(name: str, args, save=None) -> dict:
                 save({**row, "runs": lean, "partial": True})
 
         runs["affjax_cold"] = _run_child(
-            "affjax", {**base, "cache_dir": str(cache), "forward": True}, tmp, "a1",
+            "affjax", {**base, "cache_dir": str(cache), "forward": not args.no_forward}, tmp, "a1",
             args.device, args.timeout,
         )  # fmt: skip
         done()
@@ -511,6 +511,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--reference-dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--reference-warm", action="store_true", help="time a second reference call")
+    p.add_argument("--no-forward", action="store_true", help="skip affjax's forward-only timing")
     p.add_argument("--no-cached-run", action="store_true", help="skip the warm-cache child")
     p.add_argument(
         "--cache-min-compile-s",

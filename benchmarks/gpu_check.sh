@@ -39,7 +39,9 @@ step() {
     timeout "$t" "$@" || echo "== exit $? after $((SECONDS)) s: $*"
 }
 
-sig="python3 benchmarks/bench_signature.py --device gpu --batch 2048 --reps 2"
+# SIG_DEVICE=cpu SIG_BATCH=8 BUDGET=240: a dry run of the whole script on a CPU.
+sig="python3 benchmarks/bench_signature.py --device ${SIG_DEVICE:-gpu} --batch ${SIG_BATCH:-2048}"
+sig="$sig --reps 2"
 {
     step 20 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
     step 20 python3 -c "import jax; print('jax', jax.__version__, jax.devices())"
