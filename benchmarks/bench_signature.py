@@ -131,7 +131,7 @@ def _child_reference(spec: dict) -> dict:
 
 class _Compiles:
     """XLA compilations seen through ``jax.monitoring`` (one event per backend compile,
-    persistent-cache loads included), and the persistent cache's hits and misses."""
+    persistent-cache loads included), and the persistent cache's lookups, hits and writes."""
 
     def __init__(self):
         import jax
@@ -142,7 +142,7 @@ class _Compiles:
         )
         self.log: list[tuple[str, float]] = []
         self.events: dict[str, list] = {}  # every duration event: tracing, lowering, ...
-        self.cache = {"hits": 0, "misses": 0}
+        self.cache = {"requests": 0, "hits": 0, "writes": 0}
         jax.monitoring.register_event_duration_secs_listener(self._duration)
         jax.monitoring.register_event_listener(self._event)
 
@@ -154,10 +154,15 @@ class _Compiles:
             self.log.append((str(kwargs.get("fun_name", "?")), float(secs)))
 
     def _event(self, event, **kwargs):
-        if event == "/jax/compilation_cache/cache_hits":
-            self.cache["hits"] += 1
-        elif event == "/jax/compilation_cache/cache_misses":
-            self.cache["misses"] += 1
+        # jax counts a compile that looked in the cache, a hit, and (as "misses") an entry
+        # written: compiles under min_compile_s are looked up but never written.
+        name = {
+            "/jax/compilation_cache/compile_requests_use_cache": "requests",
+            "/jax/compilation_cache/cache_hits": "hits",
+            "/jax/compilation_cache/cache_misses": "writes",
+        }.get(event)
+        if name:
+            self.cache[name] += 1
 
     def summary(self, start: int = 0, stop: int | None = None) -> dict:
         log = self.log[start:stop]
