@@ -111,13 +111,14 @@ def _child_reference(spec: dict) -> dict:
             model(x)
         sync()
 
-    forward()  # allocator / cuDNN warm-up
-    fw = []
-    for _ in range(spec["reps"]):
-        s = time.perf_counter()
-        forward()
-        fw.append(time.perf_counter() - s)
-    out["forward_s"] = statistics.median(fw)
+    if spec["reps"]:
+        forward()  # allocator / cuDNN warm-up
+        fw = []
+        for _ in range(spec["reps"]):
+            s = time.perf_counter()
+            forward()
+            fw.append(time.perf_counter() - s)
+        out["forward_s"] = statistics.median(fw)
     out["records"] = [
         {"layer": key, "call": i, **{m: float(v[m][i]) for m in spec["metrics"]}}
         for key, v in ref.items()
