@@ -1,7 +1,7 @@
 """benchmarks/bench_signature.py end to end on a tiny case: every field there and sane.
 
 Three child processes (affjax with an empty compilation cache, affjax with the
-warm cache, the reference), resnet18 at 32 px, batch 8, scores only: about 35 s
+warm cache, the reference), resnet18 at 32 px, batch 8, scores only: 24-33 s
 on the 2-core dev machine, most of it process start, torch import and compiles.
 """
 
