@@ -6,7 +6,7 @@ to cut, and it can be measured on any backend. Costs are the score's own: square
 distances between Bures-mapped inputs ``x ~ N(0, I)`` and outputs ``f(x)``. Every
 solve is checked against scipy's optimum within its own certificate.
 
-    python benchmarks/bench_auction.py --n 512 --d 4 8 64 --act relu relu+noise
+    python benchmarks/bench_auction.py --n 512 --d 2 4 8 64 --act relu relu+noise --scaling 5
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def _fmt(v):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, nargs="+", default=[512])
-    p.add_argument("--d", type=int, nargs="+", default=[4, 8, 64])
+    p.add_argument("--d", type=int, nargs="+", default=[2, 4, 8, 64])
     p.add_argument("--act", nargs="+", default=["relu", "relu+noise"], choices=ACTIVATIONS)
     p.add_argument("--scaling", type=float, nargs="+", default=[5.0, 25.0])
     p.add_argument("--seeds", type=int, default=2, help="problems per cell")
