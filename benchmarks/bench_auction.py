@@ -6,7 +6,7 @@ to cut, and it can be measured on any backend. Costs are the score's own: square
 distances between Bures-mapped inputs ``x ~ N(0, I)`` and outputs ``f(x)``. Every
 solve is checked against scipy's optimum within its own certificate.
 
-    python benchmarks/bench_auction.py --n 512 --d 4 8 64 --act relu relu+noise
+    python benchmarks/bench_auction.py --n 512 --d 2 4 8 64 --act relu relu+noise --scaling 5
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 from bench_assignment import bures_cost
 from scipy.optimize import linear_sum_assignment
 
+from affjax.solvers import auction as auction_lib
 from affjax.solvers.auction import auction
 
 ACTIVATIONS = {
@@ -73,12 +74,24 @@ def _fmt(v):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, nargs="+", default=[512])
-    p.add_argument("--d", type=int, nargs="+", default=[4, 8, 64])
+    p.add_argument("--d", type=int, nargs="+", default=[2, 4, 8, 64])
     p.add_argument("--act", nargs="+", default=["relu", "relu+noise"], choices=ACTIVATIONS)
     p.add_argument("--scaling", type=float, nargs="+", default=[5.0, 25.0])
     p.add_argument("--seeds", type=int, default=2, help="problems per cell")
     p.add_argument("--out", default="benchmarks/results/auction.json")
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="NAME=INT",
+        help="override a module constant of affjax.solvers.auction, e.g. _MAX_UPDATES_PER_PHASE=8",
+    )
     args = p.parse_args(argv)
+    for item in args.set:
+        name, value = item.split("=")
+        if not hasattr(auction_lib, name):
+            raise SystemExit(f"affjax.solvers.auction has no constant {name}")
+        setattr(auction_lib, name, int(value))
     cols = ["n", "d", "activation", "scaling", "rounds_median", "rounds_max", "us_per_round"]
     cols += ["rel_gap_max"]
     print(" | ".join(cols))
@@ -95,6 +108,7 @@ def main(argv=None):
         "backend": jax.default_backend(),
         "device": jax.devices()[0].device_kind,
         "jax": jax.__version__,
+        "set": args.set,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

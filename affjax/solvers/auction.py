@@ -24,6 +24,22 @@ Algorithm (Bertsekas' auction, minimisation form):
   Jonker-Volgenant / Hungarian method: ``p_j = -min_i c_ij`` and every column
   handed to its cheapest row (one column per row), an exact (0-)complementary
   partial assignment.
+* Identical columns are one object with a capacity (Bertsekas & Castanon's
+  auction for transportation problems).  :func:`column_groups` finds the
+  classes of exactly equal columns once (one sort, one ``[n, n]``
+  comparison), e.g. the dozens of all-zero outputs of a ReLU at low width.
+  A row's second-best value is taken over *other* objects, so its bid for a
+  class is not the bare ``eps`` that a copy next to an equal copy would give
+  (the price war that made such problems take 10^4-10^5 rounds), and a class
+  with ``k`` copies takes its ``k`` best offers in one round: the r-th highest
+  bid goes to the r-th cheapest copy (free copies first) and wins it if the
+  copy is free or the bid beats its owner's.  Each copy keeps its owner's
+  bid as price (it orders evictions); the dual solution prices every copy at
+  its class's smallest price (:func:`group_prices`), under which every owner
+  is within eps of its best option, so the certificate below is unchanged.
+  Copies are set to the class price at each phase start and before each
+  global price update.  Without identical columns every class is a single
+  column and this is the plain auction.
 * Global price updates (as in Goldberg & Kennedy's cost-scaling assignment
   code): a plain Jacobi auction spends most of its rounds on a few displaced
   rows wandering through long chains of displacements before one of them
@@ -35,7 +51,13 @@ Algorithm (Bertsekas' auction, minimisation form):
   displaced rows straight at free columns; on random instances with
   ``n = 512 .. 1024`` it cuts the rounds about 1.5-2.5x.  An update that has
   not converged after ``_MAX_SWEEPS`` sweeps is applied truncated (potentials
-  clipped where they stopped moving), which is equally valid.
+  clipped where they stopped moving), which is equally valid.  An update also
+  stops, by Dijkstra's rule, as soon as the clip level reaches the chain
+  length of the cheapest unassigned row (its chain is then settled): on
+  low-dimensional ReLU costs the tail of a phase is one or two rows whose
+  chains run through hundreds of columns, and an update converged over *all*
+  columns took up to 260 sweeps per trigger.  After an update of ``k`` sweeps
+  the next one waits ``max(_STALL_ROUNDS, k)`` bids without progress.
 
 Each round (a bidding round or a Bellman-Ford sweep) costs one fused ``[n, n]``
 pass (the two smallest reduced costs and the argmin of every row, by a single
@@ -63,14 +85,26 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["AuctionResult", "AuctionState", "auction", "finalize", "init", "step", "terminate"]
+__all__ = [
+    "AuctionResult",
+    "AuctionState",
+    "auction",
+    "column_groups",
+    "finalize",
+    "group_prices",
+    "init",
+    "step",
+    "terminate",
+]
 
 # Bidding rounds without a new assignment before a global price update runs.
 _STALL_ROUNDS = 20
 # A global price update stops after this many sweeps (truncated, still valid).
+# Bidding rounds without growth before the next update, per sweep of the last.
+_PATIENCE = 1
 _MAX_SWEEPS = 32
 # At most this many global price updates per eps phase (see _bid_round).
-_MAX_UPDATES_PER_PHASE = 16
+_MAX_UPDATES_PER_PHASE = 8
 # eps never goes below this many ulps of the cost scale (price resolution).
 _EPS_FLOOR_ULPS = 64
 # Sweeps stop once no potential moved by more than this fraction of eps.
@@ -145,7 +179,7 @@ def _tree_sum(x: jax.Array) -> tuple[jax.Array, int]:
 
 
 def _top2_rows(
-    r: jax.Array, base: jax.Array | None = None
+    r: jax.Array, base: jax.Array | None = None, groups: jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
     """Smallest value, its column and second-smallest value of every row.
 
@@ -160,36 +194,104 @@ def _top2_rows(
         r: ``[n, n]`` reduced costs.
         base: optional second ``[n, n]`` matrix whose row minima are computed
             in the same pass.
+        groups: optional ``[n]`` int32 group of every column (see
+            :func:`column_groups`).  The second-smallest value is then taken
+            over columns *outside the group of the smallest one*: copies of
+            one object are not alternatives to each other.
 
     Returns:
         ``([n] w1, [n] int32 j1, [n] w2, [n] base_min or None)`` with
-        ``w1 <= w2``; ``w2 = w1`` when the minimum is attained twice, ``inf``
-        when ``n == 1``.
+        ``w1 <= w2``; ``w2 = w1`` when the minimum is attained twice (in two
+        groups), ``inf`` when there is no other column (group).
     """
     n = r.shape[-1]
     row = lax.broadcasted_iota(jnp.int32, r.shape, 0)
     col = lax.broadcasted_iota(jnp.int32, r.shape, 1)
     key = col - row
     key = jnp.where(key < 0, key + n, key)
-
-    def combine(a, b):
-        a1, ak, a2 = a[:3]
-        b1, bk, b2 = b[:3]
-        a_first = (a1 < b1) | ((a1 == b1) & (ak < bk))
-        # Second smallest of {a1 <= a2} U {b1 <= b2}.
-        second = jnp.minimum(jnp.maximum(a1, b1), jnp.minimum(a2, b2))
-        out = (jnp.where(a_first, a1, b1), jnp.where(a_first, ak, bk), second)
-        return out + tuple(jnp.minimum(x, y) for x, y in zip(a[3:], b[3:], strict=True))
-
     inf = jnp.asarray(jnp.inf, r.dtype)
-    operands = (r, key, jnp.full_like(r, jnp.inf))
-    inits = (inf, jnp.int32(n), inf)
+    if groups is None:
+
+        def combine(a, b):
+            a1, ak, a2 = a[:3]
+            b1, bk, b2 = b[:3]
+            a_first = (a1 < b1) | ((a1 == b1) & (ak < bk))
+            # Second smallest of {a1 <= a2} U {b1 <= b2}.
+            second = jnp.minimum(jnp.maximum(a1, b1), jnp.minimum(a2, b2))
+            out = (jnp.where(a_first, a1, b1), jnp.where(a_first, ak, bk), second)
+            return out + tuple(jnp.minimum(x, y) for x, y in zip(a[3:], b[3:], strict=True))
+
+        operands = (r, key, jnp.full_like(r, jnp.inf))
+        inits = (inf, jnp.int32(n), inf)
+        n_head = 3
+    else:
+
+        def combine(a, b):
+            # (smallest, its rotated column, its group, smallest outside that group)
+            a1, ak, ag, a2 = a[:4]
+            b1, bk, bg, b2 = b[:4]
+            a_first = (a1 < b1) | ((a1 == b1) & (ak < bk))
+            # Best of the loser outside the winner's group: its own smallest
+            # unless that lies in the winner's group, then its second.
+            a_second = jnp.minimum(a2, jnp.where(bg == ag, b2, b1))
+            b_second = jnp.minimum(b2, jnp.where(ag == bg, a2, a1))
+            out = (
+                jnp.where(a_first, a1, b1),
+                jnp.where(a_first, ak, bk),
+                jnp.where(a_first, ag, bg),
+                jnp.where(a_first, a_second, b_second),
+            )
+            return out + tuple(jnp.minimum(x, y) for x, y in zip(a[4:], b[4:], strict=True))
+
+        grid = jnp.broadcast_to(groups[None, :].astype(jnp.int32), r.shape)
+        operands = (r, key, grid, jnp.full_like(r, jnp.inf))
+        inits = (inf, jnp.int32(n), jnp.int32(-1), inf)
+        n_head = 4
     if base is not None:
         operands, inits = (*operands, base), (*inits, inf)
-    w1, k1, w2, *rest = lax.reduce(operands, inits, combine, (1,))
+    out = lax.reduce(operands, inits, combine, (1,))
+    w1, k1, w2 = out[0], out[1], out[n_head - 1]
+    rest = out[n_head:]
     j1 = k1 + jnp.arange(n, dtype=jnp.int32)
     j1 = jnp.where(j1 >= n, j1 - n, j1)
     return w1, j1, w2, (rest[0] if rest else None)
+
+
+def column_groups(cost: jax.Array) -> jax.Array:
+    """Classes of identical columns: ``[n]`` int32, the smallest column index of each class.
+
+    Columns are sorted by (first entry, second entry, column sum, index), so
+    identical columns end up next to each other, and neighbours are compared
+    entry by entry: only *exactly* equal columns are merged.  (A different
+    column tying on all three keys could separate two copies, which then only
+    stay unmerged.)  One sort of ``n`` keys and one ``[n, n]`` comparison.
+
+    Args:
+        cost: ``[n, n]`` cost, ``n >= 2``.
+
+    Returns:
+        ``[n]`` int32 group of every column; ``group[j] == j`` for a column
+        without copies and for the first copy of every class.
+    """
+    n = cost.shape[-1]
+    idx = jnp.arange(n, dtype=jnp.int32)
+    *_, order = lax.sort((cost[0], cost[1], jnp.sum(cost, axis=0), idx), num_keys=4)
+    same = jnp.all(cost[:, order[1:]] == cost[:, order[:-1]], axis=0)
+    run = jnp.cumsum(jnp.concatenate([jnp.zeros(1, jnp.int32), (~same).astype(jnp.int32)]))
+    rep = jnp.full(n, n, jnp.int32).at[run].min(order)
+    return jnp.zeros(n, jnp.int32).at[order].set(rep[run])
+
+
+def group_prices(prices: jax.Array, groups: jax.Array) -> jax.Array:
+    """``[n]`` the smallest price among each column's copies, for every column.
+
+    The auction keeps one price per copy (its owner's bid, which orders
+    evictions); the dual solution it certifies prices every copy of an object
+    at the group minimum.
+    """
+    n = prices.shape[-1]
+    low = jnp.full(n, jnp.inf, prices.dtype).at[groups].min(prices)
+    return low[groups]
 
 
 def _rounding_allowance(n: int, dtype, magnitude: jax.Array) -> jax.Array:
@@ -268,6 +370,7 @@ class AuctionState(NamedTuple):
         prices: ``[n]`` column prices.
         obj: ``[n]`` int32 column of each row, ``n`` = unassigned.
         own: ``[n]`` int32 row owning each column, ``n`` = free.
+        group: ``[n]`` int32 class of identical columns (:func:`column_groups`).
         eps: ``[]`` current slackness.
         eps_floor: ``[]`` smallest eps resolvable against the prices.
         sweeping: ``[]`` bool, a global price update is running.
@@ -283,6 +386,7 @@ class AuctionState(NamedTuple):
     prices: jax.Array
     obj: jax.Array
     own: jax.Array
+    group: jax.Array
     eps: jax.Array
     eps_floor: jax.Array
     sweeping: jax.Array
@@ -338,6 +442,7 @@ def init(cost: jax.Array, *, scaling: float = 5.0) -> AuctionState:
         prices=-col_min,
         obj=obj,
         own=own,
+        group=column_groups(c),
         eps=jnp.maximum((c_max - c_min) / scaling, eps_floor),
         eps_floor=eps_floor,
         sweeping=jnp.bool_(False),
@@ -352,10 +457,21 @@ def init(cost: jax.Array, *, scaling: float = 5.0) -> AuctionState:
 
 
 def _start_update(s: AuctionState) -> AuctionState:
-    """Begins a global price update: potentials at +inf on owned columns."""
+    """Begins a global price update: potentials at +inf on owned columns.
+
+    Copies of one object first get their group's price (the smallest), which
+    keeps every group price and hence every row's slackness: the update then
+    works on an ordinary eps-complementary assignment.
+    """
     n = s.own.shape[0]
     pot = jnp.where(s.own < n, jnp.inf, 0).astype(s.pot.dtype)
-    return s._replace(sweeping=jnp.bool_(True), pot=pot, sweeps=jnp.int32(0), updates=s.updates + 1)
+    return s._replace(
+        prices=group_prices(s.prices, s.group),
+        sweeping=jnp.bool_(True),
+        pot=pot,
+        sweeps=jnp.int32(0),
+        updates=s.updates + 1,
+    )
 
 
 def _sweep(s: AuctionState, w1_pot: jax.Array, w1: jax.Array) -> AuctionState:
@@ -394,7 +510,13 @@ def _sweep(s: AuctionState, w1_pot: jax.Array, w1: jax.Array) -> AuctionState:
     moved = s.pot - pot > tol
     cap = jnp.min(jnp.where(moved, pot, inf)) + tol
     sweeps = s.sweeps + 1
-    finished = ~jnp.any(moved) | (sweeps >= _MAX_SWEEPS)
+    # Dijkstra's stopping rule: once every potential below the cheapest
+    # unassigned row's chain length is settled (below cap), the chains the
+    # displaced rows will follow are exact; the rest only gets clipped.
+    free_row = s.obj >= n
+    reach = jnp.min(jnp.where(free_row, w1_pot - w1, inf))
+    settled = cap >= reach
+    finished = ~jnp.any(moved) | (sweeps >= _MAX_SWEEPS) | settled
     return s._replace(
         prices=jnp.where(finished, s.prices + jnp.minimum(pot, cap), s.prices),
         pot=pot,
@@ -441,9 +563,10 @@ def _bid_round(
     all_assigned = jnp.all(assigned)
     obj_c = jnp.minimum(obj, n - 1)
     c_obj = c[idx, obj_c]
-    slack = (c_obj + prices[obj_c]) - w1
+    low = group_prices(prices, s.group)
+    slack = (c_obj + low[obj_c]) - w1
     primal = jnp.sum(c_obj)
-    magnitude = jnp.sum(jnp.abs(w1) + jnp.abs(prices) + jnp.abs(c_obj))
+    magnitude = jnp.sum(jnp.abs(w1) + jnp.abs(low) + jnp.abs(c_obj))
     gap = jnp.sum(slack) + _rounding_allowance(n, dtype, magnitude)
     dual = primal - gap
     # rtol * |optimum| from below, as optimum lies in [dual, primal].
@@ -453,28 +576,39 @@ def _bid_round(
     new_phase = all_assigned & ~finish
     eps = jnp.where(new_phase, jnp.maximum(eps / scaling, eps_stop), eps)
     keep = assigned & (~new_phase | (slack <= eps))
+    # A new phase also puts every copy at its group's price: the kept rows are
+    # then within the new eps of every other object at their own copy's
+    # price, as a fresh bid would be.
+    prices = jnp.where(new_phase, low, prices)
     released = jnp.any(assigned & ~keep)
     obj = jnp.where(keep, obj, n)
     own_c = jnp.minimum(own, n - 1)
     own = jnp.where((own < n) & keep[own_c], own, n)
 
     # Jacobi round: every unassigned row bids p_j1 + (w2 - w1) + eps for
-    # its cheapest column; the highest bid wins, ties to the lowest row.
-    # nextafter keeps prices strictly increasing even if eps were below
-    # their resolution (no endless bid ping-pong).  A round that releases
-    # rows does not bid: a global price update runs first.
+    # its cheapest object (w2: best value in another group); nextafter keeps
+    # prices strictly increasing even if eps were below their resolution (no
+    # endless bid ping-pong).  A round that releases rows does not bid: a
+    # global price update runs first.
     bidding = ~keep & ~released
     p_j1 = prices[j1]
+    w2 = jnp.where(w2 < inf, w2, w1)  # a single group: no alternative to outbid
     bid = jnp.maximum(p_j1 + ((w2 - w1) + eps), jnp.nextafter(p_j1, inf))
-    best = jnp.full(n, -inf, dtype).at[jnp.where(bidding, j1, n)].max(bid, mode="drop")
-    candidate = bidding & (bid == best[j1])
-    winner = jnp.full(n, n, jnp.int32).at[jnp.where(candidate, j1, n)].min(idx, mode="drop")
+    # An object with k copies takes its k best offers (Bertsekas-Castanon):
+    # the r-th highest bid for a group goes to its r-th cheapest copy (free
+    # copies first) and wins it if the copy is free or the bid beats the
+    # owner's.  Bids fall and copy prices rise with r, so winners are a prefix.
+    # Single copies: the highest bid wins, ties to the lowest row.
+    target, rank_ok = _rank_match(s.group[j1], bidding, bid, prices, own, s.group)
+    held = own < n
+    win = bidding & rank_ok & (~held[target] | (bid > prices[target]))
+    drop = jnp.where(win, target, n)
+    winner = jnp.full(n, n, jnp.int32).at[drop].min(idx, mode="drop")
     has_bid = winner < n
-    win = bidding & (winner[j1] == idx)
     lost = keep & has_bid[obj_c]
-    obj = jnp.where(win, j1, jnp.where(lost, n, obj))
+    obj = jnp.where(win, target, jnp.where(lost, n, obj))
     own = jnp.where(has_bid, winner, own)
-    prices = jnp.where(has_bid, best, prices)
+    prices = prices.at[drop].set(bid, mode="drop")
 
     count = jnp.sum(obj < n, dtype=jnp.int32)
     grew = count > s.best_count
@@ -491,10 +625,56 @@ def _bid_round(
     # Updates are bounded per phase: near the eps floor an update can stop
     # helping (prices at their resolution), and unbounded updates would then
     # spend up to _MAX_SWEEPS rounds per _STALL_ROUNDS bids on nothing.
-    trigger = (released | ((out.stall >= _STALL_ROUNDS) & (count < n))) & (
+    # After an update of k sweeps the displaced rows need about k bids to
+    # walk the shortest chains it found (one hop a round): wait that long
+    # (s.sweeps still holds k) before the next update.
+    patience = jnp.maximum(_STALL_ROUNDS, _PATIENCE * s.sweeps)
+    trigger = (released | ((out.stall >= patience) & (count < n))) & (
         out.updates < _MAX_UPDATES_PER_PHASE
     )
     return _select(trigger, _start_update(out), out)
+
+
+def _rank_match(
+    bid_group: jax.Array,
+    bidding: jax.Array,
+    bid: jax.Array,
+    prices: jax.Array,
+    own: jax.Array,
+    groups: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """Pairs the bids for each group with its copies: r-th highest bid, r-th cheapest copy.
+
+    Two sorts of ``n`` keys: bids by (group, -bid, row) and copies by (group,
+    owned, price, column), so free copies come first, then owned ones from the
+    cheapest (the lowest standing bid) up.
+
+    Args:
+        bid_group: ``[n]`` int32 group each row bids for.
+        bidding: ``[n]`` bool, the row bids this round.
+        bid: ``[n]`` bids.
+        prices: ``[n]`` copy prices.
+        own: ``[n]`` int32 owner of every copy, ``n`` = free.
+        groups: ``[n]`` int32 group of every column.
+
+    Returns:
+        ``([n] int32 target copy, [n] bool rank within the group's size)``;
+        targets of different bidders are distinct where the flag holds.
+    """
+    n = bid.shape[0]
+    idx = jnp.arange(n, dtype=jnp.int32)
+    key = jnp.where(bidding, bid_group, n)
+    sorted_key, _, rows = lax.sort((key, -bid, idx), num_keys=3)
+    first = jnp.concatenate([jnp.ones(1, bool), sorted_key[1:] != sorted_key[:-1]])
+    rank_sorted = idx - lax.cummax(jnp.where(first, idx, 0))
+    rank = jnp.zeros(n, jnp.int32).at[rows].set(rank_sorted)
+    copy_group, _, _, copies = lax.sort(
+        (groups, (own < n).astype(jnp.int32), prices, idx), num_keys=4
+    )
+    start = jnp.full(n, n, jnp.int32).at[copy_group].min(idx)
+    size = jnp.zeros(n, jnp.int32).at[groups].add(1)
+    slot = start[bid_group] + rank
+    return copies[jnp.minimum(slot, n - 1)], rank < size[bid_group]
 
 
 def step(cost: jax.Array, state: AuctionState, *, rtol: float = 1e-6, scaling: float = 5.0):
@@ -517,7 +697,7 @@ def step(cost: jax.Array, state: AuctionState, *, rtol: float = 1e-6, scaling: f
     s = state
     reduced = c + s.prices[None, :]
     shift = jnp.where(s.sweeping, s.pot, 0).astype(c.dtype)
-    w1_shift, j1, w2, w1 = _top2_rows(reduced + shift[None, :], reduced)
+    w1_shift, j1, w2, w1 = _top2_rows(reduced + shift[None, :], reduced, groups=s.group)
     nxt = _select(
         s.sweeping,
         _sweep(s, w1_shift, w1),
@@ -540,8 +720,10 @@ def finalize(cost: jax.Array, state: AuctionState) -> AuctionResult:
     c = _check_cost(cost)
     n = c.shape[0]
     perm = _complete(state.obj)
-    w1, _, _, _ = _top2_rows(c + state.prices[None, :])
-    primal, dual = _certificate(c[jnp.arange(n), perm], w1, state.prices)
+    # The dual prices every copy of an object at the group's smallest price.
+    prices = group_prices(state.prices, state.group)
+    w1, _, _, _ = _top2_rows(c + prices[None, :])
+    primal, dual = _certificate(c[jnp.arange(n), perm], w1, prices)
     return AuctionResult(perm, primal, dual, primal - dual, state.it, state.done)
 
 
