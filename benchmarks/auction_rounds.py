@@ -29,33 +29,17 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.optimize import linear_sum_assignment  # noqa: E402
 
-from affjax.math import costs, covariance, matrix_square_root  # noqa: E402
-from affjax.score import DEGENERATE_TRACE  # noqa: E402
+from affjax.math import costs  # noqa: E402
+from affjax.score import mapped_points  # noqa: E402
 from affjax.solvers.auction import auction  # noqa: E402
 
 
 def score_cost(x: np.ndarray, y: np.ndarray, *, shrinkage: bool) -> np.ndarray:
-    """The ``[n, n]`` cost the score hands the auction (float64 path of ``score._affinity``)."""
+    """The ``[n, n]`` cost the score hands the auction (its float64 path)."""
     with jax.enable_x64(True):
         x, y = jnp.asarray(x, jnp.float64), jnp.asarray(y, jnp.float64)
-        n, d = x.shape
-        xc, yc = x - x.mean(0), y - y.mean(0)
-        k = d
-        if d > 2 * n:
-            basis, _ = jnp.linalg.qr(jnp.concatenate([xc, yc], axis=0).T)
-            xc, yc = xc @ basis, yc @ basis
-            k = basis.shape[1]
-        if shrinkage:
-            (sx, _, _), (sy, _, floor_y) = (
-                covariance.ledoit_wolf_terms(v, dim=d) for v in (xc, yc)
-            )
-        else:
-            sx, sy = covariance.empirical(xc), covariance.empirical(yc)
-            floor_y = covariance.RIDGE
-        tr = jnp.trace(sy) + floor_y * (d - k)
-        a = matrix_square_root.bures_map(sx, sy)
-        a = jnp.where(tr <= DEGENERATE_TRACE * d, 0.0, a)
-        return np.asarray(costs.sq_euclidean(xc @ a, yc))
+        points = mapped_points(x, y, shrinkage=shrinkage)
+        return np.asarray(costs.sq_euclidean(points.t, points.y))
 
 
 _solve = jax.jit(auction)
