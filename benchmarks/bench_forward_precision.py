@@ -72,12 +72,15 @@ def main(argv=None):
         )
         row = {"model": name, "n": n, "size": args.size, "seconds": time.perf_counter() - t}
         for m, dv in diffs.items():
-            worst = int(np.argmax(dv))
+            # r2 is NaN where ill-posed (n <= d + 1): over the other calls.
+            worst = int(np.nanargmax(dv))
             key = f"{records[worst]['layer']}[{records[worst]['call']}]"
-            row[m] = {"max": float(dv.max()), "median": float(np.median(dv)), "worst": key}
+            row[m] = {"max": float(np.nanmax(dv)), "median": float(np.nanmedian(dv)), "worst": key}
+            row[m]["calls"] = int(np.sum(np.isfinite(dv)))
             row[m]["per_call"] = dv.tolist()
             print(
-                f"{name:12s} {n:4d} {len(dv):5d} {m:10s} {dv.max():8.1e} {np.median(dv):8.1e} {key}"
+                f"{name:12s} {n:4d} {row[m]['calls']:5d} {m:10s} {row[m]['max']:8.1e} "
+                f"{row[m]['median']:8.1e} {key}"
             )
         rows.append(row)
     out = Path(args.out)
