@@ -33,6 +33,7 @@ import numpy as np
 from affjax import devices as devices_lib
 from affjax import precision as precision_lib
 from affjax import sites as sites_lib
+from affjax import xla_options
 from affjax.models import layers, registry
 
 __all__ = [
@@ -197,14 +198,14 @@ def _jit(fn, module: nn.Module, static: tuple[str, ...]):
     hit = _CLOSED.get(key)
     if hit is not None and hit[0] is module:  # the entry keeps it alive: ids can't be reused
         return hit[1]
-    jitted = jax.jit(functools.partial(fn.__wrapped__, module), static_argnames=static)
+    jitted = xla_options.jit(functools.partial(fn.__wrapped__, module), static_argnames=static)
     _CLOSED[key] = (module, jitted)
     while len(_CLOSED) > _CLOSED_MAX:
         _CLOSED.pop(next(iter(_CLOSED)))
     return jitted
 
 
-@functools.partial(jax.jit, static_argnames=("module", "static_kwargs", "forward_precision"))
+@xla_options.jit(static_argnames=("module", "static_kwargs", "forward_precision"))
 def _forward(
     module, variables, images, dynamic_kwargs=None, rngs=None, *, static_kwargs=(),
     forward_precision="highest",
@@ -243,8 +244,7 @@ def _check_array(v, what: str, where: str) -> None:
         )
 
 
-@functools.partial(
-    jax.jit,
+@xla_options.jit(
     static_argnames=("module", "select", "feature_axis", "static_kwargs", "forward_precision"),
 )
 def _forward_sites(

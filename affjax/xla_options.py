@@ -1,0 +1,106 @@
+"""XLA compiler options for affjax's own compiled functions, and the ``jit`` that applies them.
+
+On the CPU, jaxlib 0.10 hands convolutions (and some element-wise and
+reduction fusions) to the YNNPACK library by default. On the project machine
+(AMD EPYC, 2 cores) that made the jitted resnet18 forward at batch 256 take
+9.2 s instead of 5.6 s with XLA's own kernels, the same logits to float32
+round-off (``benchmarks/bench_cpu_options.py`` measures it on yours). So every
+function affjax jits is compiled with :data:`CPU_OPTIONS` when it compiles for
+the CPU:
+
+* per function (``jax.jit(..., compiler_options=...)``), never through
+  ``XLA_FLAGS``: your own jitted code keeps XLA's defaults;
+* only when the installed jaxlib knows the option (checked once with a tiny
+  compile), so other jaxlib versions compile as they always did;
+* not when ``XLA_FLAGS`` already sets the option (yours wins), nor with
+  ``AFFJAX_CPU_OPTIONS=off``.
+
+GPU and TPU compiles get no options. The options are part of JAX's
+persistent-cache key, so cached executables stay consistent.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+
+__all__ = ["CPU_OPTIONS", "compiler_options", "jit"]
+
+#: XLA:CPU debug options affjax compiles with (empty list: no YNNPACK fusions).
+CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+_OFF = ("0", "off", "none", "false", "no")
+
+
+@functools.cache
+def _supported(options: tuple[tuple[str, str], ...]) -> bool:
+    """Whether this jaxlib's CPU compiler accepts ``options`` (one tiny compile)."""
+    try:
+        jax.jit(lambda v: v + 1, compiler_options=dict(options)).lower(1.0).compile()
+    except Exception:  # unknown option (another jaxlib): compile as JAX does by default
+        return False
+    return True
+
+
+def compiler_options(backend: str | None = None) -> dict[str, str]:
+    """The options affjax compiles with on ``backend`` (default: JAX's default backend)."""
+    if os.environ.get("AFFJAX_CPU_OPTIONS", "").strip().lower() in _OFF:
+        return {}
+    if (backend or jax.default_backend()) != "cpu":
+        return {}
+    flags = os.environ.get("XLA_FLAGS", "")
+    options = {k: v for k, v in CPU_OPTIONS.items() if k not in flags}
+    if not options or not _supported(tuple(sorted(options.items()))):
+        return {}
+    return options
+
+
+class _Jit:
+    """``jax.jit(fn, **kwargs)`` created at its first use, with :func:`compiler_options`.
+
+    Deferred so that importing affjax neither initialises a backend nor fixes
+    the options before the user has chosen a platform. Called inside another
+    trace (``jit``, ``shard_map``, ``make_jaxpr``), it is a plain nested jit:
+    JAX takes compiler options only at the top level, where the outer
+    function's apply. Everything else (``lower``, ``clear_cache``...) is the
+    top-level jitted function's.
+    """
+
+    def __init__(self, fn, kwargs):
+        functools.update_wrapper(self, fn)
+        self._kwargs = kwargs
+        self._top = None
+        self._nested = jax.jit(fn, **kwargs)
+
+    def _get(self):
+        if self._top is None:
+            options = compiler_options()
+            self._top = (
+                jax.jit(self.__wrapped__, compiler_options=options, **self._kwargs)
+                if options
+                else self._nested
+            )
+        return self._top
+
+    def __call__(self, *args, **kwargs):
+        traced = any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves((args, kwargs)))
+        return (self._nested if traced else self._get())(*args, **kwargs)
+
+    def clear_cache(self):
+        self._nested.clear_cache()
+        if self._top is not None:
+            self._top.clear_cache()
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._get(), name)
+
+
+def jit(fn=None, **kwargs):
+    """``jax.jit`` with :func:`compiler_options`; a decorator too: ``@jit(static_argnames=...)``."""
+    if fn is None:
+        return functools.partial(jit, **kwargs)
+    return _Jit(fn, kwargs)
