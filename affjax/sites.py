@@ -48,6 +48,20 @@ class SiteError(ValueError):
 # --------------------------------------------------------------------------- reductions
 
 
+def _rest_axes(x: jax.Array, feature_axis: int) -> tuple[int, ...]:
+    """The axes :func:`feature_reduce` averages (every one but batch and ``feature_axis``)."""
+    if x.ndim == 0:
+        raise SiteError("a scalar has no batch axis")
+    if x.ndim == 1:
+        return ()
+    if not -x.ndim <= feature_axis < x.ndim:
+        raise SiteError(f"feature_axis {feature_axis} is out of range for a {x.ndim}-D array")
+    axis = feature_axis % x.ndim
+    if axis == 0:
+        raise SiteError("feature_axis must not be the batch axis (0)")
+    return tuple(i for i in range(1, x.ndim) if i != axis)
+
+
 def feature_reduce(x: jax.Array, feature_axis: int = -1) -> jax.Array:
     """``[n, ...]`` -> ``[n, d]``: mean over every axis but batch (0) and ``feature_axis``.
 
@@ -55,23 +69,24 @@ def feature_reduce(x: jax.Array, feature_axis: int = -1) -> jax.Array:
     tokens), ``[n, d]`` rows are kept as they are, ``[n]`` becomes ``[n, 1]``.
     Half-precision activations are averaged in float32.
     """
-    if x.ndim == 0:
-        raise SiteError("a scalar has no batch axis")
+    rest = _rest_axes(x, feature_axis)
     if x.dtype in (jnp.bfloat16, jnp.float16):
         x = x.astype(jnp.float32)
     if x.ndim == 1:
         return x[:, None]
-    if not -x.ndim <= feature_axis < x.ndim:
-        raise SiteError(f"feature_axis {feature_axis} is out of range for a {x.ndim}-D array")
-    axis = feature_axis % x.ndim
-    if axis == 0:
-        raise SiteError("feature_axis must not be the batch axis (0)")
-    rest = tuple(i for i in range(1, x.ndim) if i != axis)
     return jnp.mean(x, axis=rest) if rest else x
 
 
 def generic_record(x: jax.Array, y: jax.Array, feature_axis: int = -1) -> dict:
-    """What a generic site records: reduced ``x``/``y`` and per-sample sparsity."""
+    """What a generic site records: reduced ``x``/``y`` and per-sample sparsity.
+
+    When ``x`` and ``y`` have one shape and something to average, in one pass
+    (:func:`affjax.models.layers.reduce_record`).
+    """
+    if x.shape == y.shape:
+        rest = _rest_axes(x, feature_axis)
+        if rest:
+            return layers.reduce_record(x, y, rest)
     return {
         "x": feature_reduce(x, feature_axis),
         "y": feature_reduce(y, feature_axis),
