@@ -208,8 +208,11 @@ def _child_affjax(spec: dict) -> dict:
     t["first"] = time.time()
     out = {"times": t, "compiles_first": compiles.summary()}
 
-    # The same forward pass alone: logits of the same chunks, at the signature's precision.
-    @jax.jit
+    # The same forward pass alone: logits of the same chunks, at the signature's precision,
+    # compiled with the same XLA options as affjax's own functions (affjax.xla_options).
+    jit = getattr(sys.modules.get("affjax.xla_options"), "jit", jax.jit)
+
+    @jit
     def apply(v, x):
         with precision.matmul_scope("highest"):
             return module.apply(v, x)
