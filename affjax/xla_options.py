@@ -85,8 +85,17 @@ class _Jit:
         return self._top
 
     def __call__(self, *args, **kwargs):
-        traced = any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves((args, kwargs)))
-        return (self._nested if traced else self._get())(*args, **kwargs)
+        top = self._get()
+        if top is self._nested:
+            return top(*args, **kwargs)
+        try:
+            return top(*args, **kwargs)
+        except ValueError as err:
+            # Raised before anything is traced; checking the arguments for tracers
+            # instead cost 1-2 ms a call (a model's variables are a large pytree).
+            if "compiler_options" not in str(err):
+                raise
+        return self._nested(*args, **kwargs)
 
     def clear_cache(self):
         self._nested.clear_cache()

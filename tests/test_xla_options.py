@@ -81,3 +81,16 @@ def test_jit_gives_the_plain_jit_result_and_nests(clean_env):
     ours.clear_cache()
     if xla_options.compiler_options():
         assert ours._get() is not ours._nested
+
+
+def test_nested_call_traces_once(clean_env):
+    traces = []
+
+    def double(v):
+        traces.append(1)
+        return v * 2
+
+    ours = xla_options.jit(double)
+    out = jax.jit(lambda v: ours(v) + 1)(jnp.ones(3))
+    np.testing.assert_array_equal(np.asarray(out), 3.0)
+    assert len(traces) == 1  # the refused top-level attempt traced nothing
