@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from affjax import precision as precision_lib
-from affjax import xla_options
 from affjax.math import costs, covariance, matrix_square_root
 from affjax.solvers import assignment, host
 
@@ -204,7 +203,7 @@ def _mapped_points(x, y, *, shrinkage, dim) -> MappedPoints:
     return MappedPoints(tc, yc, 2.0 * tr, degenerate, finite)
 
 
-@xla_options.jit(static_argnames=("shrinkage", "solver", "rtol"))
+@functools.partial(jax.jit, static_argnames=("shrinkage", "solver", "rtol"))
 def _score_jit(x, y, *, shrinkage, solver, rtol):
     fn = functools.partial(affinity, shrinkage=shrinkage, solver=solver, rtol=rtol)
     for _ in range(x.ndim - 2):

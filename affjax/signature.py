@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from affjax import capture as capture_lib
-from affjax import compilation_cache, reports, xla_options
+from affjax import compilation_cache, reports
 from affjax import devices as devices_lib
 from affjax import metrics as metrics_lib
 from affjax import precision as precision_lib
@@ -118,7 +118,7 @@ def _score_fields(name: str, suffix: str, r: score_lib.AffinityResult) -> dict:
     return out
 
 
-@xla_options.jit(static_argnames=("wanted", "solver", "rtol"))
+@functools.partial(jax.jit, static_argnames=("wanted", "solver", "rtol"))
 def _score_group(xs, ys, xs32, ys32, dims, *, wanted: tuple[str, ...], solver: str, rtol: float):
     """All requested metrics for a stack of zero-padded calls ``[L, n, d]``, vmapped over L.
 
@@ -163,7 +163,7 @@ def _score_group(xs, ys, xs32, ys32, dims, *, wanted: tuple[str, ...], solver: s
     return jax.vmap(one)(xs, ys, xs32, ys32, dims)
 
 
-@xla_options.jit(static_argnames=("rtol",))
+@functools.partial(jax.jit, static_argnames=("rtol",))
 def _finish_group(points: dict, perms: dict, *, rtol: float) -> dict:
     """The scores of :func:`_score_group`'s ``points`` from the host's matchings, vmapped."""
 
@@ -178,7 +178,7 @@ def _finish_group(points: dict, perms: dict, *, rtol: float) -> dict:
     return jax.vmap(one)(points, perms)
 
 
-@xla_options.jit(static_argnames=("wanted", "solver", "rtol", "mesh"))
+@functools.partial(jax.jit, static_argnames=("wanted", "solver", "rtol", "mesh"))
 def _score_group_sharded(xs, ys, xs32, ys32, dims, *, wanted, solver, rtol, mesh):
     """:func:`_score_group` with the stack axis L split over the mesh's ``"data"`` axis.
 
