@@ -44,24 +44,37 @@ Algorithm (Bertsekas' auction, minimisation form):
   code): a plain Jacobi auction spends most of its rounds on a few displaced
   rows wandering through long chains of displacements before one of them
   reaches a free column.  At the start of every phase and whenever no new row
-  got assigned for a while, a Bellman-Ford pass computes, for every owned
-  column, the cheapest chain of displacements to a free column and raises its
-  price by that amount.  This keeps every row's slackness as it was (up to
-  ``eps / 64``, so eps-complementary slackness survives) while pointing
-  displaced rows straight at free columns; on random instances with
-  ``n = 512 .. 1024`` it cuts the rounds about 1.5-2.5x.  An update that has
-  not converged after ``_MAX_SWEEPS`` sweeps is applied truncated (potentials
-  clipped where they stopped moving), which is equally valid.  An update also
-  stops, by Dijkstra's rule, as soon as the clip level reaches the chain
-  length of the cheapest unassigned row (its chain is then settled): on
-  low-dimensional ReLU costs the tail of a phase is one or two rows whose
-  chains run through hundreds of columns, and an update converged over *all*
-  columns took up to 260 sweeps per trigger.  After an update of ``k`` sweeps
-  the next one waits ``max(_STALL_ROUNDS, k)`` bids without progress.
+  got assigned for ``_STALL_ROUNDS`` bids, an update computes, for every owned
+  column, the cheapest chain of displacements to a free column, raises its
+  price by that amount (which keeps every row's slackness as it was, up to
+  ``eps / 64`` an update) and then *augments*: every free row whose chain is
+  settled takes its first column and every owner along the chain moves one
+  hop, one chain per free column (chains ending at different free columns
+  are disjoint), as the Hungarian method would.  The chains are found by
+  policy iteration: each column points at the column its owner would move to,
+  the chain lengths along these pointers are evaluated exactly by pointer
+  jumping (``ceil(log2 n)`` doublings of ``[n]`` gathers), and one ``[n, n]``
+  pass moves every pointer that a strictly shorter chain exists for (Howard's
+  algorithm; strict improvement keeps the pointers a forest).  Values reach
+  over whole chains at once, where a Bellman-Ford sweep extends them by one
+  hop: on low-dimensional ReLU costs a phase ended with one or two rows whose
+  chains ran through hundreds of columns, which both the bids (one hop a
+  round) and Bellman-Ford (one hop a sweep) walked hop by hop; an update now
+  takes 1-15 sweeps and flips such a chain at once.  An update stops when no
+  pointer moves, after ``_MAX_SWEEPS`` sweeps, or by Dijkstra's rule, once
+  the cheapest free row's chain is settled; unsettled values are clipped
+  (any values may be applied clipped at the level below which they are
+  consistent, see :func:`_sweep`).  Updates that assign no row are capped at
+  ``_MAX_UPDATES_PER_PHASE`` a phase (near the eps floor they stop helping).
+  As updates may each add ``eps / 64`` to the slackness of rows that did not
+  bid since, the last phase ends by the eps rule only once every row is within
+  ``eps (1 + 1/64)`` (else it reruns at the same eps, releasing the others).
 
-Each round (a bidding round or a Bellman-Ford sweep) costs one fused ``[n, n]``
+Each round (a bidding round or an update's sweep) costs one fused ``[n, n]``
 pass (the two smallest reduced costs and the argmin of every row, by a single
-variadic reduction) plus a few ``O(n)`` gathers and scatters.  The whole solve
+variadic reduction) plus ``O(n log n)`` gathers and scatters (two sorts of the
+bids, the pointer doublings), small next to the pass on CPU (a round costs the
+same as with Bellman-Ford sweeps, within the noise of the measurement).  The whole solve
 is one ``lax.while_loop`` (a few rounds unrolled per trip, since each trip costs
 a device-to-host sync for the predicate), so it runs under ``jax.jit`` and
 ``jax.vmap`` on any backend.
@@ -97,16 +110,21 @@ __all__ = [
     "terminate",
 ]
 
-# Bidding rounds without a new assignment before a global price update runs.
+# Bidding rounds without a new assignment before a global price update runs
+# (20 with Bellman-Ford updates; an update that augments is worth running early).
 _STALL_ROUNDS = 2
-# A global price update stops after this many sweeps (truncated, still valid).
-# Bidding rounds without growth before the next update, per sweep of the last.
+# Bidding rounds without growth before the next update, per sweep of the last
+# (1 with Bellman-Ford updates, which left rows long chains to walk).
 _PATIENCE = 0
+# A global price update stops after this many sweeps (truncated, still valid).
 _MAX_SWEEPS = 32
-# Augment along the settled chains at the end of a global price update.
+# Augment along the settled chains at the end of a global price update (off:
+# measured for the benchmark tables only).
 _AUGMENT = True
+# Stop an update once the cheapest free row's chain is settled.
 _DIJKSTRA_STOP = True
-# At most this many global price updates per eps phase (see _bid_round).
+# At most this many global price updates per eps phase that assign no row (see
+# _bid_round and _sweep).
 _MAX_UPDATES_PER_PHASE = 8
 # eps never goes below this many ulps of the cost scale (price resolution).
 _EPS_FLOOR_ULPS = 64
@@ -133,7 +151,7 @@ class AuctionResult(NamedTuple):
         gap: ``[]`` ``primal - dual >= 0``; the optimum is within ``gap`` of
             ``primal``.
         iterations: ``[]`` int32, rounds over all epsilon phases (bidding rounds
-            plus the Bellman-Ford sweeps of the global price updates).
+            plus the policy-iteration sweeps of the global price updates).
         converged: ``[]`` bool, the stopping rule was met (every row assigned and
             ``gap <= rtol * |optimum|`` or the final epsilon phase completed)
             before ``max_iterations`` rounds.  When False, ``perm`` is completed
@@ -744,12 +762,13 @@ def _bid_round(
         stall=jnp.where(grew, 0, s.stall + 1),
         done=finish,
     )
-    # Updates are bounded per phase: near the eps floor an update can stop
-    # helping (prices at their resolution), and unbounded updates would then
-    # spend up to _MAX_SWEEPS rounds per _STALL_ROUNDS bids on nothing.
-    # After an update of k sweeps the displaced rows need about k bids to
-    # walk the shortest chains it found (one hop a round): wait that long
-    # (s.sweeps still holds k) before the next update.
+    # Updates that assign no row are bounded per phase: near the eps floor an
+    # update can stop helping (prices at their resolution), and unbounded
+    # updates would then spend up to _MAX_SWEEPS rounds per _STALL_ROUNDS bids
+    # on nothing.  (An update that augments assigns at least one row, so at
+    # most n of those run.)  _PATIENCE > 0 waits _PATIENCE * k bids after an
+    # update of k sweeps (s.sweeps still holds k): useful when rows had to walk
+    # the chains an update found, not now that it flips them.
     patience = jnp.maximum(_STALL_ROUNDS, _PATIENCE * s.sweeps)
     trigger = (released | ((out.stall >= patience) & (count < n))) & (
         out.updates < _MAX_UPDATES_PER_PHASE
@@ -800,7 +819,7 @@ def _rank_match(
 
 
 def step(cost: jax.Array, state: AuctionState, *, rtol: float = 1e-6, scaling: float = 5.0):
-    """One round: a Bellman-Ford sweep while an update runs, else a bidding round.
+    """One round: a sweep while a global price update runs, else a bidding round.
 
     One fused ``[n, n]`` pass serves both: the row minima of ``c + p + pot``
     relax the potentials during an update (``pot = 0`` otherwise), and the
