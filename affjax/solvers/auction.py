@@ -637,7 +637,10 @@ def _sweep(
 
     # End: raise prices by the clipped potentials; augment along settled chains.
     _, end = _chain_values(s.ptr, s.pot, owned)
-    candidate = free_row & (reach_row <= cap) & bool(_AUGMENT)
+    # (A chain that ends at an owned column cannot be flipped; converged
+    # updates have none, the check only guards truncated ones.)
+    ends_free = ~owned[end[j1_pot]]
+    candidate = free_row & (reach_row <= cap) & ends_free & bool(_AUGMENT)
     own_aug = _augment(s.own, s.ptr, end, j1_pot, reach_row, candidate)
     obj_aug = jnp.full(n, n, jnp.int32).at[own_aug].set(idx, mode="drop")
 
