@@ -74,10 +74,10 @@ Each round (a bidding round or an update's sweep) costs one fused ``[n, n]``
 pass (the two smallest reduced costs and the argmin of every row, by a single
 variadic reduction) plus ``O(n log n)`` gathers and scatters (two sorts of the
 bids, the pointer doublings), small next to the pass on CPU (a round costs the
-same as with Bellman-Ford sweeps, within the noise of the measurement).  The whole solve
-is one ``lax.while_loop`` (a few rounds unrolled per trip, since each trip costs
-a device-to-host sync for the predicate), so it runs under ``jax.jit`` and
-``jax.vmap`` on any backend.
+same as with Bellman-Ford sweeps, within the noise of the measurement).  The
+whole solve is one ``lax.while_loop`` (a few rounds unrolled per trip, since
+each trip costs a device-to-host sync for the predicate), so it runs under
+``jax.jit`` and ``jax.vmap`` on any backend.
 
 Certificate: with ``v_j = -p_j`` and ``u_i = min_j (c_ij + p_j)`` we have
 ``u_i + v_j <= c_ij`` for every ``(i, j)`` by construction, for *any* prices,
