@@ -83,15 +83,17 @@ def main(argv=None):
         "--set",
         nargs="*",
         default=[],
-        metavar="NAME=INT",
-        help="override a module constant of affjax.solvers.auction, e.g. _MAX_UPDATES_PER_PHASE=8",
+        metavar="NAME=VALUE",
+        help="override a module constant of affjax.solvers.auction, e.g. _AUGMENT=0",
     )
     args = p.parse_args(argv)
     for item in args.set:
         name, value = item.split("=")
         if not hasattr(auction_lib, name):
             raise SystemExit(f"affjax.solvers.auction has no constant {name}")
-        setattr(auction_lib, name, int(value))
+        # the constant's own type: int, float (e.g. _SWEEP_TOL=0.0009765625) or bool (0/1)
+        kind = type(getattr(auction_lib, name))
+        setattr(auction_lib, name, kind(float(value)))
     cols = ["n", "d", "activation", "scaling", "rounds_median", "rounds_max", "us_per_round"]
     cols += ["rel_gap_max"]
     print(" | ".join(cols))

@@ -44,27 +44,40 @@ Algorithm (Bertsekas' auction, minimisation form):
   code): a plain Jacobi auction spends most of its rounds on a few displaced
   rows wandering through long chains of displacements before one of them
   reaches a free column.  At the start of every phase and whenever no new row
-  got assigned for a while, a Bellman-Ford pass computes, for every owned
-  column, the cheapest chain of displacements to a free column and raises its
-  price by that amount.  This keeps every row's slackness as it was (up to
-  ``eps / 64``, so eps-complementary slackness survives) while pointing
-  displaced rows straight at free columns; on random instances with
-  ``n = 512 .. 1024`` it cuts the rounds about 1.5-2.5x.  An update that has
-  not converged after ``_MAX_SWEEPS`` sweeps is applied truncated (potentials
-  clipped where they stopped moving), which is equally valid.  An update also
-  stops, by Dijkstra's rule, as soon as the clip level reaches the chain
-  length of the cheapest unassigned row (its chain is then settled): on
-  low-dimensional ReLU costs the tail of a phase is one or two rows whose
-  chains run through hundreds of columns, and an update converged over *all*
-  columns took up to 260 sweeps per trigger.  After an update of ``k`` sweeps
-  the next one waits ``max(_STALL_ROUNDS, k)`` bids without progress.
+  got assigned for ``_STALL_ROUNDS`` bids, an update computes, for every owned
+  column, the cheapest chain of displacements to a free column, raises its
+  price by that amount (which keeps every row's slackness as it was, up to
+  ``eps / 64`` an update) and then *augments*: every free row whose chain is
+  settled takes its first column and every owner along the chain moves one
+  hop, one chain per free column (chains ending at different free columns
+  are disjoint), as the Hungarian method would.  The chains are found by
+  policy iteration: each column points at the column its owner would move to,
+  the chain lengths along these pointers are evaluated exactly by pointer
+  jumping (``ceil(log2 n)`` doublings of ``[n]`` gathers), and one ``[n, n]``
+  pass moves every pointer that a strictly shorter chain exists for (Howard's
+  algorithm; strict improvement keeps the pointers a forest).  Values reach
+  over whole chains at once, where a Bellman-Ford sweep extends them by one
+  hop: on low-dimensional ReLU costs a phase ended with one or two rows whose
+  chains ran through hundreds of columns, which both the bids (one hop a
+  round) and Bellman-Ford (one hop a sweep) walked hop by hop; an update now
+  takes 1-15 sweeps and flips such a chain at once.  An update stops when no
+  pointer moves, after ``_MAX_SWEEPS`` sweeps, or by Dijkstra's rule, once
+  the cheapest free row's chain is settled; unsettled values are clipped
+  (any values may be applied clipped at the level below which they are
+  consistent, see :func:`_sweep`).  Updates that assign no row are capped at
+  ``_MAX_UPDATES_PER_PHASE`` a phase (near the eps floor they stop helping).
+  As updates may each add ``eps / 64`` to the slackness of rows that did not
+  bid since, the last phase ends by the eps rule only once every row is within
+  ``eps (1 + 1/64)`` (else it reruns at the same eps, releasing the others).
 
-Each round (a bidding round or a Bellman-Ford sweep) costs one fused ``[n, n]``
+Each round (a bidding round or an update's sweep) costs one fused ``[n, n]``
 pass (the two smallest reduced costs and the argmin of every row, by a single
-variadic reduction) plus a few ``O(n)`` gathers and scatters.  The whole solve
-is one ``lax.while_loop`` (a few rounds unrolled per trip, since each trip costs
-a device-to-host sync for the predicate), so it runs under ``jax.jit`` and
-``jax.vmap`` on any backend.
+variadic reduction) plus ``O(n log n)`` gathers and scatters (two sorts of the
+bids, the pointer doublings), small next to the pass on CPU (a round costs the
+same as with Bellman-Ford sweeps, within the noise of the measurement).  The
+whole solve is one ``lax.while_loop`` (a few rounds unrolled per trip, since
+each trip costs a device-to-host sync for the predicate), so it runs under
+``jax.jit`` and ``jax.vmap`` on any backend.
 
 Certificate: with ``v_j = -p_j`` and ``u_i = min_j (c_ij + p_j)`` we have
 ``u_i + v_j <= c_ij`` for every ``(i, j)`` by construction, for *any* prices,
@@ -97,13 +110,21 @@ __all__ = [
     "terminate",
 ]
 
-# Bidding rounds without a new assignment before a global price update runs.
-_STALL_ROUNDS = 20
+# Bidding rounds without a new assignment before a global price update runs
+# (20 with Bellman-Ford updates; an update that augments is worth running early).
+_STALL_ROUNDS = 2
+# Bidding rounds without growth before the next update, per sweep of the last
+# (1 with Bellman-Ford updates, which left rows long chains to walk).
+_PATIENCE = 0
 # A global price update stops after this many sweeps (truncated, still valid).
-# Bidding rounds without growth before the next update, per sweep of the last.
-_PATIENCE = 1
 _MAX_SWEEPS = 32
-# At most this many global price updates per eps phase (see _bid_round).
+# Augment along the settled chains at the end of a global price update (off:
+# measured for the benchmark tables only).
+_AUGMENT = True
+# Stop an update once the cheapest free row's chain is settled.
+_DIJKSTRA_STOP = True
+# At most this many global price updates per eps phase that assign no row (see
+# _bid_round and _sweep).
 _MAX_UPDATES_PER_PHASE = 8
 # eps never goes below this many ulps of the cost scale (price resolution).
 _EPS_FLOOR_ULPS = 64
@@ -130,7 +151,7 @@ class AuctionResult(NamedTuple):
         gap: ``[]`` ``primal - dual >= 0``; the optimum is within ``gap`` of
             ``primal``.
         iterations: ``[]`` int32, rounds over all epsilon phases (bidding rounds
-            plus the Bellman-Ford sweeps of the global price updates).
+            plus the policy-iteration sweeps of the global price updates).
         converged: ``[]`` bool, the stopping rule was met (every row assigned and
             ``gap <= rtol * |optimum|`` or the final epsilon phase completed)
             before ``max_iterations`` rounds.  When False, ``perm`` is completed
@@ -374,7 +395,11 @@ class AuctionState(NamedTuple):
         eps: ``[]`` current slackness.
         eps_floor: ``[]`` smallest eps resolvable against the prices.
         sweeping: ``[]`` bool, a global price update is running.
-        pot: ``[n]`` its column potentials (0 on free columns).
+        pot: ``[n]`` its column potentials (0 on free columns): the length of
+            the displacement chain along ``ptr`` (``inf`` where none yet).
+        ptr: ``[n]`` int32 next column of every owned column's chain (the
+            column its owner moves to), itself where none; free columns point
+            to themselves.
         sweeps: ``[]`` int32 sweeps of the running update.
         updates: ``[]`` int32 global price updates started in this phase.
         best_count: ``[]`` int32 most rows assigned since the last update.
@@ -391,6 +416,7 @@ class AuctionState(NamedTuple):
     eps_floor: jax.Array
     sweeping: jax.Array
     pot: jax.Array
+    ptr: jax.Array
     sweeps: jax.Array
     updates: jax.Array
     best_count: jax.Array
@@ -447,6 +473,7 @@ def init(cost: jax.Array, *, scaling: float = 5.0) -> AuctionState:
         eps_floor=eps_floor,
         sweeping=jnp.bool_(False),
         pot=jnp.zeros(n, dtype),
+        ptr=idx,
         sweeps=jnp.int32(0),
         updates=jnp.int32(0),
         best_count=jnp.sum(obj < n, dtype=jnp.int32),
@@ -469,61 +496,172 @@ def _start_update(s: AuctionState) -> AuctionState:
         prices=group_prices(s.prices, s.group),
         sweeping=jnp.bool_(True),
         pot=pot,
+        ptr=jnp.arange(n, dtype=jnp.int32),
         sweeps=jnp.int32(0),
         updates=s.updates + 1,
     )
 
 
-def _sweep(s: AuctionState, w1_pot: jax.Array, w1: jax.Array) -> AuctionState:
-    """One Bellman-Ford sweep of the global price update.
+def _chain_values(ptr: jax.Array, arc: jax.Array, owned: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Length of every column's chain along ``ptr`` and the column it ends at.
 
-    Moving the owner ``k`` of column ``j`` to column ``l`` costs
-    ``r_kl - w1_k >= 0`` on top of its best option (``r`` the reduced costs,
-    ``w1_k = min_l r_kl``), so ``pot_j = min_l (r_kl + pot_l) - w1_k`` with
-    ``pot = 0`` on free columns is the cheapest displacement chain from
-    ``j`` to a free column.  At the fixed point, raising the prices by
-    ``pot`` leaves every assigned row's slackness
-    ``r_kj + pot_j - min_l (r_kl + pot_l)`` exactly as it was, while the
-    shortest chains become ties that displaced rows follow in one round
-    per hop.
+    Pointer jumping: ``ceil(log2 n)`` doublings of ``(ptr, length)``, each two
+    ``[n]`` gathers.  A chain has at most ``n - 1`` hops, so after them every
+    pointer rests on a fixed point: a free column (the chain's end) or an
+    owned column without a pointer, or it circles; only chains ending at a
+    free column get a finite length.
 
     Args:
+        ptr: ``[n]`` int32 next column of every owned column (itself: none).
+        arc: ``[n]`` length of the hop ``j -> ptr[j]`` (ignored where free).
+        owned: ``[n]`` bool, the column has an owner.
+
+    Returns:
+        ``([n] chain length, inf where the chain does not reach a free column;
+        [n] int32 column the chain ends at)``; free columns: ``(0, itself)``.
+    """
+    n = ptr.shape[0]
+    hop = jnp.where(owned, ptr, jnp.arange(n, dtype=jnp.int32))
+    length = jnp.where(owned, arc, 0).astype(arc.dtype)
+    for _ in range(max(n - 1, 0).bit_length()):
+        length = length + length[hop]
+        hop = hop[hop]
+    return jnp.where(owned[hop], jnp.inf, length).astype(arc.dtype), hop
+
+
+def _augment(
+    own: jax.Array,
+    ptr: jax.Array,
+    end: jax.Array,
+    start: jax.Array,
+    length: jax.Array,
+    candidate: jax.Array,
+) -> jax.Array:
+    """Moves every owner along the chain of one candidate row per chain end.
+
+    Chains follow ``ptr`` from a row's ``start`` column to a free column
+    ``end``; two chains are disjoint exactly when they end at different free
+    columns (``ptr`` is a forest rooted at the free columns).  For each end
+    the candidate with the shortest chain (ties: lowest row) takes its start
+    column, and every owner on its chain moves one hop, to ``ptr`` of its
+    column: one augmentation of the Hungarian method per free column, in
+    ``ceil(log2 n)`` scatters (the chain is marked by pointer doubling).
+
+    Args:
+        own: ``[n]`` int32 owner of every column, ``n`` = free.
+        ptr: ``[n]`` int32 next column of every owned column.
+        end: ``[n]`` int32 free column each column's chain ends at.
+        start: ``[n]`` int32 first column of each row's chain.
+        length: ``[n]`` each row's chain length (orders the candidates).
+        candidate: ``[n]`` bool, the row is free and its chain may be used.
+
+    Returns:
+        ``[n]`` int32 new owner of every column.
+    """
+    n = own.shape[0]
+    idx = jnp.arange(n, dtype=jnp.int32)
+    owned = own < n
+    root = jnp.where(candidate, end[start], n)
+    best = jnp.full(n, jnp.inf, length.dtype).at[root].min(length, mode="drop")
+    first = candidate & (length <= best[jnp.minimum(root, n - 1)])
+    winner = jnp.full(n, n, jnp.int32).at[jnp.where(first, root, n)].min(idx, mode="drop")
+    chosen = first & (winner[jnp.minimum(root, n - 1)] == idx)
+    on_chain = jnp.zeros(n, jnp.int32).at[jnp.where(chosen, start, n)].set(1, mode="drop")
+    hop = jnp.where(owned, ptr, idx)
+    for _ in range(max(n - 1, 0).bit_length()):
+        on_chain = on_chain.at[hop].max(on_chain)
+        hop = hop[hop]
+    moving = owned & (on_chain > 0)
+    own = own.at[jnp.where(moving, ptr, n)].set(own, mode="drop")
+    return own.at[jnp.where(chosen, start, n)].set(idx, mode="drop")
+
+
+def _sweep(
+    c: jax.Array,
+    s: AuctionState,
+    w1_pot: jax.Array,
+    j1_pot: jax.Array,
+    w1: jax.Array,
+) -> AuctionState:
+    """One policy-iteration sweep of the global price update, or its end.
+
+    Moving the owner ``k`` of column ``j`` to column ``l`` costs
+    ``a_jl = r_kl - w1_k >= 0`` on top of its best option (``r`` the reduced
+    costs, ``w1_k = min_l r_kl``); ``D_j = min_l (a_jl + D_l)`` with ``D = 0``
+    on free columns is the cheapest displacement chain from ``j`` to a free
+    column.  Raising the prices by ``D`` leaves every assigned row's
+    slackness exactly as it was, while the shortest chains become ties.
+
+    ``pot`` is the length of the chain along the pointers ``ptr`` (a policy).
+    A sweep relaxes ``R_j = min_l (a_jl + pot_l)`` (one ``[n, n]`` pass), moves
+    the pointer of every column where ``R_j < pot_j - tol`` to the argmin, and
+    evaluates the new policy exactly by pointer jumping (Howard's policy
+    iteration: the values reach over whole chains at once, where a
+    Bellman-Ford sweep extends them by one hop; the strict improvement keeps
+    the pointers a forest).  Any ``pot >= 0`` may be applied clipped,
+    ``q = min(pot, cap)`` with ``cap = min {R_j : R_j < pot_j - tol} + tol``:
+    then ``q_j <= min_l (a_jl + q_l) + tol`` for every owned ``j``, i.e. no
+    row's slackness grows by more than ``tol``.  The update ends when no
+    pointer moves, after ``_MAX_SWEEPS`` sweeps, or, by Dijkstra's rule, once
+    ``cap`` reaches the chain length of the cheapest free row.  It then
+    raises the prices by ``q`` and augments (:func:`_augment`) every free row
+    whose chain is below ``cap``, one per free column: along such a chain
+    every hop is then within ``tol`` of a tie, so the moved rows keep
+    eps-complementary slackness.
+
+    Args:
+        c: ``[n, n]`` cost in the price dtype.
         s: state, ``s.sweeping`` True.
         w1_pot: ``[n]`` ``min_l (c_kl + p_l + pot_l)`` for every row ``k``.
+        j1_pot: ``[n]`` int32 its argmin.
         w1: ``[n]`` ``min_l (c_kl + p_l)`` for every row ``k``.
 
     Returns:
-        The state after the sweep; prices move once the update finishes.
+        The state after the sweep; prices and assignment move once the
+        update finishes.
     """
     n = s.own.shape[0]
+    idx = jnp.arange(n, dtype=jnp.int32)
     inf = jnp.asarray(jnp.inf, s.pot.dtype)
     owned = s.own < n
     own_c = jnp.minimum(s.own, n - 1)
-    relaxed = jnp.minimum(s.pot, jnp.maximum(w1_pot[own_c] - w1[own_c], 0))
-    pot = jnp.where(owned, relaxed, 0).astype(s.pot.dtype)
-    # pot only decreases.  If the last sweep moved no potential by more
-    # than tol, p + pot adds at most tol of slackness to any row.  Before
-    # that, min(pot, cap) is still valid when cap <= (smallest potential
-    # that moved) + tol: the clipped potentials moved by <= tol, and the
-    # same bound applies (a truncated update, settled near free columns).
+    relaxed = jnp.where(owned, jnp.maximum(w1_pot[own_c] - w1[own_c], 0), 0)
     tol = _SWEEP_TOL * s.eps
-    moved = s.pot - pot > tol
-    cap = jnp.min(jnp.where(moved, pot, inf)) + tol
+    improve = owned & (relaxed + tol < s.pot)
+    cap = jnp.min(jnp.where(improve, relaxed, inf)) + tol
     sweeps = s.sweeps + 1
-    # Dijkstra's stopping rule: once every potential below the cheapest
-    # unassigned row's chain length is settled (below cap), the chains the
-    # displaced rows will follow are exact; the rest only gets clipped.
     free_row = s.obj >= n
-    reach = jnp.min(jnp.where(free_row, w1_pot - w1, inf))
-    settled = cap >= reach
-    finished = ~jnp.any(moved) | (sweeps >= _MAX_SWEEPS) | settled
+    reach_row = jnp.where(free_row, jnp.maximum(w1_pot - w1, 0), inf)
+    settled = (cap >= jnp.min(reach_row)) & bool(_DIJKSTRA_STOP)
+    finished = ~jnp.any(improve) | (sweeps >= _MAX_SWEEPS) | settled
+
+    # End: raise prices by the clipped potentials; augment along settled chains.
+    _, end = _chain_values(s.ptr, s.pot, owned)
+    # (A chain that ends at an owned column cannot be flipped; converged
+    # updates have none, the check only guards truncated ones.)
+    ends_free = ~owned[end[j1_pot]]
+    candidate = free_row & (reach_row <= cap) & ends_free & bool(_AUGMENT)
+    own_aug = _augment(s.own, s.ptr, end, j1_pot, reach_row, candidate)
+    obj_aug = jnp.full(n, n, jnp.int32).at[own_aug].set(idx, mode="drop")
+
+    count = jnp.sum(jnp.where(finished, obj_aug, s.obj) < n, dtype=jnp.int32)
+
+    # Continue: improve the policy and evaluate it.
+    ptr = jnp.where(improve, j1_pot[own_c], s.ptr)
+    arc = jnp.maximum(c[own_c, ptr] + s.prices[ptr] - w1[own_c], 0)
+    pot, _ = _chain_values(ptr, arc, owned)
     return s._replace(
-        prices=jnp.where(finished, s.prices + jnp.minimum(pot, cap), s.prices),
-        pot=pot,
+        prices=jnp.where(finished, s.prices + jnp.minimum(s.pot, cap), s.prices),
+        obj=jnp.where(finished, obj_aug, s.obj),
+        own=jnp.where(finished, own_aug, s.own),
+        pot=jnp.where(finished, s.pot, pot.astype(s.pot.dtype)),
+        ptr=jnp.where(finished, s.ptr, ptr),
         sweeps=sweeps,
         sweeping=~finished,
-        best_count=jnp.sum(s.obj < n, dtype=jnp.int32),
+        best_count=count,
         stall=jnp.int32(0),
+        # An update that augmented is not counted against the phase's cap.
+        updates=s.updates - (finished & (count > jnp.sum(~free_row))).astype(jnp.int32),
     )
 
 
@@ -572,7 +710,12 @@ def _bid_round(
     # rtol * |optimum| from below, as optimum lies in [dual, primal].
     tol = rtol * jnp.maximum(jnp.maximum(dual, -primal), 0)
     eps_stop = jnp.maximum(rtol * jnp.abs(primal) / n, s.eps_floor)
-    finish = all_assigned & ((gap <= tol) | (eps <= eps_stop))
+    # Global price updates may each add up to eps * _SWEEP_TOL to a kept row's
+    # slack, so the last phase only ends by the eps rule (gap <= n * eps up to
+    # that tolerance) once every row is within it; otherwise it runs again at
+    # the same eps, releasing the rows above it.
+    within = jnp.all(slack <= eps * (1 + _SWEEP_TOL))
+    finish = all_assigned & ((gap <= tol) | ((eps <= eps_stop) & within))
     new_phase = all_assigned & ~finish
     eps = jnp.where(new_phase, jnp.maximum(eps / scaling, eps_stop), eps)
     keep = assigned & (~new_phase | (slack <= eps))
@@ -622,12 +765,13 @@ def _bid_round(
         stall=jnp.where(grew, 0, s.stall + 1),
         done=finish,
     )
-    # Updates are bounded per phase: near the eps floor an update can stop
-    # helping (prices at their resolution), and unbounded updates would then
-    # spend up to _MAX_SWEEPS rounds per _STALL_ROUNDS bids on nothing.
-    # After an update of k sweeps the displaced rows need about k bids to
-    # walk the shortest chains it found (one hop a round): wait that long
-    # (s.sweeps still holds k) before the next update.
+    # Updates that assign no row are bounded per phase: near the eps floor an
+    # update can stop helping (prices at their resolution), and unbounded
+    # updates would then spend up to _MAX_SWEEPS rounds per _STALL_ROUNDS bids
+    # on nothing.  (An update that augments assigns at least one row, so at
+    # most n of those run.)  _PATIENCE > 0 waits _PATIENCE * k bids after an
+    # update of k sweeps (s.sweeps still holds k): useful when rows had to walk
+    # the chains an update found, not now that it flips them.
     patience = jnp.maximum(_STALL_ROUNDS, _PATIENCE * s.sweeps)
     trigger = (released | ((out.stall >= patience) & (count < n))) & (
         out.updates < _MAX_UPDATES_PER_PHASE
@@ -678,7 +822,7 @@ def _rank_match(
 
 
 def step(cost: jax.Array, state: AuctionState, *, rtol: float = 1e-6, scaling: float = 5.0):
-    """One round: a Bellman-Ford sweep while an update runs, else a bidding round.
+    """One round: a sweep while a global price update runs, else a bidding round.
 
     One fused ``[n, n]`` pass serves both: the row minima of ``c + p + pot``
     relax the potentials during an update (``pot = 0`` otherwise), and the
@@ -700,7 +844,7 @@ def step(cost: jax.Array, state: AuctionState, *, rtol: float = 1e-6, scaling: f
     w1_shift, j1, w2, w1 = _top2_rows(reduced + shift[None, :], reduced, groups=s.group)
     nxt = _select(
         s.sweeping,
-        _sweep(s, w1_shift, w1),
+        _sweep(c, s, w1_shift, j1, w1),
         _bid_round(c, s, w1, j1, w2, rtol=rtol, scaling=scaling),
     )
     return nxt._replace(it=s.it + 1)
