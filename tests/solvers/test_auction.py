@@ -526,20 +526,13 @@ def test_tie_heavy_relu_costs_solved_within_round_bound(d, dtype):
     assert int(res.iterations) <= ROUND_BOUND_N48
 
 
-def test_tie_heavy_larger_problem_round_bound():
-    cost = _relu_sqdist(128, 2, seed=1)
+@pytest.mark.parametrize("n", [128, 256])
+def test_tie_heavy_larger_problems_round_bound(n):
+    cost = _relu_sqdist(n, 2, seed=1)
     with jax.enable_x64(True):
         res = auction(jnp.asarray(cost))
     _check(res, cost)
-    assert int(res.iterations) <= ROUND_BOUND_N128
-
-
-def test_tie_heavy_moderate_problem_round_bound():
-    cost = _relu_sqdist(256, 2, seed=1)
-    with jax.enable_x64(True):
-        res = auction(jnp.asarray(cost))
-    _check(res, cost)
-    assert int(res.iterations) <= ROUND_BOUND_N256
+    assert int(res.iterations) <= {128: ROUND_BOUND_N128, 256: ROUND_BOUND_N256}[n]
 
 
 def test_vmap_over_tie_heavy_problems():
@@ -602,31 +595,19 @@ def test_augment_moves_one_chain_per_free_column():
     # Rows 7 and 8 both end at column 7 with equal chain lengths: the lower row
     # (7) goes; row 9 is alone on its chain (end 8).
     length = np.array([0, 0, 0, 0, 0, 0, 0, 1.0, 1.0, 3.0])
-    with jax.enable_x64(True):
-        _, end = auction_lib._chain_values(jnp.asarray(ptr), jnp.ones(n), jnp.asarray(own < n))
-        new_own = auction_lib._augment(
-            jnp.asarray(own),
-            jnp.asarray(ptr),
-            end,
-            jnp.asarray(start),
-            jnp.asarray(length),
-            jnp.asarray(candidate),
-        )
+
+    def augment():
+        with jax.enable_x64(True):
+            _, end = auction_lib._chain_values(jnp.asarray(ptr), jnp.ones(n), jnp.asarray(own < n))
+            args = (own, ptr, end, start, length, candidate)
+            return np.asarray(auction_lib._augment(*(jnp.asarray(a) for a in args)))
+
     # Row 7 takes 0, row 0 moves to 1, row 1 to 7; row 9 takes 3, row 3 -> 4 -> 8.
-    np.testing.assert_array_equal(np.asarray(new_own), [7, 0, 2, 9, 3, 5, 6, 1, 4, n])
+    np.testing.assert_array_equal(augment(), [7, 0, 2, 9, 3, 5, 6, 1, 4, n])
     # A shorter chain wins its end; a row that is no candidate does not move.
     length[8] = 0.5
     candidate[9] = False
-    with jax.enable_x64(True):
-        new_own = auction_lib._augment(
-            jnp.asarray(own),
-            jnp.asarray(ptr),
-            end,
-            jnp.asarray(start),
-            jnp.asarray(length),
-            jnp.asarray(candidate),
-        )
-    np.testing.assert_array_equal(np.asarray(new_own), [0, 1, 8, 3, 4, 5, 6, 2, n, n])
+    np.testing.assert_array_equal(augment(), [0, 1, 8, 3, 4, 5, 6, 2, n, n])
 
 
 def test_update_end_augments_along_tied_chains():
