@@ -16,7 +16,6 @@ reported alongside.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -151,16 +150,9 @@ def main(argv=None):
         for name in args.models:
             rows.append(run_model(name, batch, args.chunk))
             _print(rows[-1])
-    meta = {
-        "date": time.strftime("%Y-%m-%d"),
-        "backend": jax.default_backend(),
-        "jax": jax.__version__,
-        "argv": sys.argv[1:],
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    print(f"wrote {out}")
+    from bench_auction import write_results
+
+    write_results(args.out, rows, argv=sys.argv[1:])
 
 
 if __name__ == "__main__":

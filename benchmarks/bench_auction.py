@@ -105,14 +105,19 @@ def main(argv=None):
                     row = bench(n, d, act, s, seeds=range(args.seeds))
                     rows.append(row)
                     print(" | ".join(_fmt(row[c]) for c in cols), flush=True)
+    write_results(args.out, rows, set=args.set)
+
+
+def write_results(path, rows: list, **meta) -> None:
+    """``{"meta": {date, backend, device, jax, **meta}, "rows": rows}`` as JSON at ``path``."""
     meta = {
         "date": time.strftime("%Y-%m-%d"),
         "backend": jax.default_backend(),
         "device": jax.devices()[0].device_kind,
         "jax": jax.__version__,
-        "set": args.set,
+        **meta,
     }
-    out = Path(args.out)
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"wrote {out}")
