@@ -159,6 +159,18 @@ def _finish(points: MappedPoints, w2, gap, converged, rtol) -> AffinityResult:
     )
 
 
+def _span_coordinates(xc, yc):
+    """Coordinates of centred samples in an orthonormal basis of their joint span, ``[n, k]`` each.
+
+    The R factor of ``[xc; yc]^T = Q R`` holds them (``k = min(d, 2n)``), so the
+    basis ``Q`` is never formed. Inputs come first: ``x``'s coordinates are zero
+    past column ``n`` (R is upper triangular).
+    """
+    n = xc.shape[0]
+    r = jnp.linalg.qr(jnp.concatenate([xc, yc], axis=0).T, mode="r")
+    return r[:, :n].T, r[:, n:].T
+
+
 def _mapped_points(x, y, *, shrinkage, dim) -> MappedPoints:
     n, d_arr = x.shape
     d = d_arr if dim is None else dim
@@ -168,26 +180,34 @@ def _mapped_points(x, y, *, shrinkage, dim) -> MappedPoints:
     y = jnp.where(finite, y, 0.0)
     mx, my = jnp.mean(x, axis=0), jnp.mean(y, axis=0)
     xc, yc = x - mx, y - my
-    k = d_arr
-    if d_arr > 2 * n:
+    wide64 = d_arr > n and jnp.finfo(x.dtype).eps < 1e-15
+    if d_arr > 2 * n or wide64:
         # Centred samples span at most 2n dimensions. Outside that span both
         # covariances are scalar (ridge, or the Ledoit-Wolf floor), so the Bures map
-        # is a scalar there and never touches the centred data: work in an
-        # orthonormal basis of the span ([d, 2n]) instead of d x d.
-        basis, _ = jnp.linalg.qr(jnp.concatenate([xc, yc], axis=0).T)
-        xc, yc = xc @ basis, yc @ basis
-        k = basis.shape[1]
+        # is a scalar there and never touches the centred data: work with the
+        # samples' coordinates in an orthonormal basis of the span, which keeps
+        # every distance. Above n, in float64, the inputs' coordinates fill only n
+        # of them, which bures_transport exploits even when d <= 2n.
+        xc, yc = _span_coordinates(xc, yc)
+    k = xc.shape[1]
     if shrinkage:
-        (sx, scale_x, floor_x), (sy, scale_y, floor_y) = (
-            covariance.ledoit_wolf_terms(v, dim=d) for v in (xc, yc)
+        (scale_x, floor_x), (scale_y, floor_y) = (
+            covariance.ledoit_wolf_scale_floor(v, dim=d) for v in (xc, yc)
         )
     else:
-        sx, sy = covariance.empirical(xc), covariance.empirical(yc)
         scale_x = scale_y = 1.0 / (n - 1)
         floor_x = floor_y = covariance.RIDGE
-    tr = jnp.trace(sy) + floor_y * (d - k)
+    # tr(Sy) over all d dimensions: the samples' part plus the floor everywhere.
+    tr = scale_y * jnp.sum(yc * yc) + floor_y * d
     degenerate = tr <= DEGENERATE_TRACE * d
+    if wide64:
+        tc = matrix_square_root.bures_transport(xc[:, :n], yc, scale_x, floor_x, scale_y, floor_y)
+        tc = jnp.where(degenerate, 0.0, tc)
+        return MappedPoints(tc, yc, 2.0 * tr, degenerate, finite)
+    eye = jnp.eye(k, dtype=x.dtype)
     if jnp.finfo(x.dtype).eps < 1e-15:
+        sx = scale_x * covariance.gram(xc) + floor_x * eye
+        sy = scale_y * covariance.gram(yc) + floor_y * eye
         a = matrix_square_root.bures_map(sx, sy)
     else:
         # float32: the Bures map from the samples' triangular factors, through an

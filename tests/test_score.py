@@ -63,6 +63,7 @@ _PARITY_CASES = [
     (64, 200, "relu"),
     (256, 64, "gelu"),
     (512, 512, "relu"),
+    (200, 300, "gelu"),  # n < d <= 2n: span coordinates, inputs in n of them
     (1024, 16, "sigmoid"),
     (300, 1024, "tanh"),
 ]
@@ -265,6 +266,24 @@ def test_width_padding_changes_no_score(n, d, pad, shrinkage):
     want = affinity_score(x, y, shrinkage=shrinkage)
     assert abs(float(got.score) - float(want.score)) <= 1e-14
     assert abs(float(got.w2) - float(want.w2)) <= 1e-13 * float(want.w2)
+
+
+@pytest.mark.parametrize("n,d", [(20, 30), (20, 64)])
+def test_span_coordinates_keep_every_distance(n, d):
+    # Coordinates in an orthonormal basis of the joint span: all pairwise
+    # distances and inner products of the 2n centred samples are kept (to
+    # round-off, bound 1e-12 relative; measured ~1e-15), k = min(d, 2n), and the
+    # inputs' coordinates are exactly zero past column n.
+    from affjax import score as score_lib
+
+    rng = np.random.default_rng(d)
+    xc, yc = (v - v.mean(0) for v in (rng.normal(size=(n, d)), rng.normal(size=(n, d)) ** 2))
+    with jax.enable_x64(True):
+        cx, cy = (np.asarray(v) for v in score_lib._span_coordinates(xc, yc))
+    assert cx.shape == cy.shape == (n, min(d, 2 * n))
+    assert np.all(cx[:, n:] == 0)
+    z, c = np.concatenate([xc, yc]), np.concatenate([cx, cy])
+    np.testing.assert_allclose(c @ c.T, z @ z.T, rtol=0, atol=1e-12 * np.abs(z @ z.T).max())
 
 
 def test_precision_is_a_deprecated_alias_of_dtype():

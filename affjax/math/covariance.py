@@ -16,6 +16,7 @@ __all__ = [
     "gram",
     "ledoit_wolf",
     "ledoit_wolf_parts",
+    "ledoit_wolf_scale_floor",
     "ledoit_wolf_shrinkage",
     "triangular_factor",
 ]
@@ -89,7 +90,7 @@ def ledoit_wolf_shrinkage(x: jnp.ndarray, dim: int | None = None) -> jnp.ndarray
     # sum((X^2)^T X^2) without the [d, d] product: it is ||sum_i x_i^2 x_i^2^T||_1
     # = sum_i (sum_k x_ik^2)^2 since every entry is non-negative.
     beta_ = jnp.sum(jnp.sum(x2, axis=1) ** 2)
-    s = gram(xc)
+    s = gram(xc) if k <= n else gram(xc.T)  # ||X^T X||_F = ||X X^T||_F: the smaller one
     delta_ = jnp.sum(s * s) / n**2
     beta = (beta_ / n - delta_) / (d * n)
     delta = (delta_ - 2.0 * mu * jnp.sum(emp_cov_trace) + d * mu**2) / d
@@ -141,14 +142,23 @@ def ledoit_wolf_terms(
     ``xc`` is ``x`` centred, ``scale = (1 - s) / n`` and ``floor = s mu + ridge``:
     the form :func:`triangular_factor` takes.
     """
+    k = x.shape[1]
+    scale, floor = ledoit_wolf_scale_floor(x, ridge, dim)
+    return scale * gram(centered(x)) + floor * jnp.eye(k, dtype=x.dtype), scale, floor
+
+
+def ledoit_wolf_scale_floor(
+    x: jnp.ndarray, ridge: float = RIDGE, dim: int | None = None
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """``(scale, floor)`` of :func:`ledoit_wolf_terms` without the ``[d, d]`` covariance.
+
+    Costs ``O(n min(n, d) d)``: what a score working from the samples needs.
+    """
     n, k = x.shape
     d = k if dim is None else dim
-    xc = centered(x)
-    emp = gram(xc) / n
-    mu = jnp.trace(emp) / d
+    mu = jnp.sum(centered(x) ** 2) / (n * d)  # trace of the biased covariance / d
     s = ledoit_wolf_shrinkage(x, dim=d)
-    floor = s * mu + ridge
-    return (1.0 - s) * emp + floor * jnp.eye(k, dtype=x.dtype), (1.0 - s) / n, floor
+    return (1.0 - s) / n, s * mu + ridge
 
 
 def triangular_factor(xc: jnp.ndarray, scale, floor) -> jnp.ndarray:

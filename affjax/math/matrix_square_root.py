@@ -7,7 +7,9 @@ from typing import NamedTuple
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
-__all__ = ["PsdRoots", "bures_map", "bures_map_factored", "roots"]
+from affjax.math.covariance import gram
+
+__all__ = ["PsdRoots", "bures_map", "bures_map_factored", "bures_transport", "roots"]
 
 
 class PsdRoots(NamedTuple):
@@ -88,24 +90,74 @@ def _bures_roots(cov_x: jnp.ndarray, cov_y: jnp.ndarray) -> jnp.ndarray:
     return 0.5 * (a + a.T)
 
 
-def _bures_cholesky(cov_x: jnp.ndarray, cov_y: jnp.ndarray) -> jnp.ndarray:
-    d = cov_x.shape[-1]
-    eye = jnp.eye(d, dtype=cov_x.dtype)
-    sym = 0.5 * (cov_x + cov_x.T)
+def _cholesky(cov: jnp.ndarray) -> jnp.ndarray:
+    """Lower Cholesky factor of a covariance that carries a ridge, retried once shifted."""
+    d = cov.shape[-1]
+    sym = 0.5 * (cov + cov.T)
     l = jnp.linalg.cholesky(sym)
     # Cholesky fails (NaN) only when round-off, about d * eps * max(diag), swamps
     # the smallest eigenvalue, i.e. variances ~1e10 times the ridge. Then shift by
     # that round-off: the published eigh form is no more accurate there.
-    shift = d * jnp.finfo(cov_x.dtype).eps * jnp.max(jnp.diag(cov_x))
+    shift = d * jnp.finfo(cov.dtype).eps * jnp.max(jnp.diag(cov))
     # The retry depends on the first factor: two independent LAPACK calls in one
     # vmapped graph next to the host solver's pure_callback hung XLA:CPU (jax
     # 0.10.2, batch 16), as did a lax.cond here.
     ok = jnp.all(jnp.isfinite(l))
-    l = jnp.where(ok, l, jnp.linalg.cholesky(sym + jnp.where(ok, 0.0, shift) * eye))
-    m = l.T @ cov_y @ l
+    eye = jnp.eye(d, dtype=cov.dtype)
+    return jnp.where(ok, l, jnp.linalg.cholesky(sym + jnp.where(ok, 0.0, shift) * eye))
+
+
+def _fourth_root_basis(m: jnp.ndarray) -> jnp.ndarray:
+    r""":math:`U \Lambda^{1/4}` for :math:`m = U \Lambda U^\top` (symmetric PSD up to round-off)."""
     w, u = jnp.linalg.eigh(0.5 * (m + m.T))
-    g = solve_triangular(l, u * jnp.sqrt(jnp.sqrt(jnp.maximum(w, 0.0))), lower=True, trans=1)
+    return u * jnp.sqrt(jnp.sqrt(jnp.maximum(w, 0.0)))
+
+
+def _bures_cholesky(cov_x: jnp.ndarray, cov_y: jnp.ndarray) -> jnp.ndarray:
+    l = _cholesky(cov_x)
+    g = solve_triangular(l, _fourth_root_basis(l.T @ cov_y @ l), lower=True, trans=1)
     return g @ g.T
+
+
+def bures_transport(x_head: jnp.ndarray, y: jnp.ndarray, scale_x, floor_x, scale_y, floor_y):
+    r"""Samples mapped by the Bures map, for data in coordinates where ``x`` has ``n`` of ``k``.
+
+    The float64 form of :func:`bures_map` specialised to ``d > n``. With
+    ``x = [x_head, 0]`` (``[n, k]``, zero past column ``n``: the coordinates
+    :func:`affjax.score.mapped_points` takes in an orthonormal basis of the
+    samples' span, inputs first) and ``y`` ``[n, k]``, the covariances are
+    :math:`\Sigma_x = c_x x^\top x + f_x I` and :math:`\Sigma_y = c_y y^\top y + f_y I`.
+    :math:`\Sigma_x` is block diagonal, so is its Cholesky factor
+    :math:`L = \mathrm{diag}(L_h, \sqrt{f_x} I)`, and
+
+    .. math::
+        L^\top \Sigma_y L = c_y B^\top B + f_y\,\mathrm{diag}(L_h^\top L_h, f_x I),\quad
+        B = y L,\qquad t = x A = (x_h G_h) G^\top,
+
+    with :math:`G = L^{-\top} U \Lambda^{1/4}` as in :func:`bures_map`. The
+    ``eigh`` of the ``[k, k]`` matrix stays; every other product is ``n``-by-``k``
+    or ``n``-by-``n`` where the general form multiplies ``k``-by-``k`` matrices
+    and forms ``A`` (about 2x less work at ``k = 2n``).
+
+    Args:
+        x_head: ``[n, n]``, the nonzero columns of the centred inputs.
+        y: ``[n, k]`` centred outputs, ``k > n``.
+        scale_x, floor_x: :math:`c_x > 0, f_x > 0`.
+        scale_y, floor_y: :math:`c_y, f_y`.
+
+    Returns:
+        ``[n, k]`` mapped inputs :math:`x A`.
+    """
+    n, k = y.shape
+    l_head = _cholesky(scale_x * gram(x_head) + floor_x * jnp.eye(n, dtype=y.dtype))
+    root_fx = jnp.sqrt(floor_x)
+    b = jnp.concatenate([y[:, :n] @ l_head, root_fx * y[:, n:]], axis=1)
+    inner = jnp.zeros((k, k), y.dtype).at[:n, :n].set(l_head.T @ l_head)
+    inner = inner + jnp.diag(jnp.where(jnp.arange(k) < n, 0.0, floor_x).astype(y.dtype))
+    ub = _fourth_root_basis(scale_y * gram(b) + floor_y * inner)
+    g_head = solve_triangular(l_head, ub[:n], lower=True, trans=1)
+    g = jnp.concatenate([g_head, ub[n:] / root_fx], axis=0)
+    return (x_head @ g_head) @ g.T
 
 
 def bures_map_factored(r_x: jnp.ndarray, r_y: jnp.ndarray) -> jnp.ndarray:
