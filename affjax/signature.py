@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from affjax import capture as capture_lib
-from affjax import compilation_cache, reports
+from affjax import compilation_cache, reports, xla_options
 from affjax import devices as devices_lib
 from affjax import metrics as metrics_lib
 from affjax import precision as precision_lib
@@ -237,9 +237,15 @@ def score_calls(
 
     With a ``mesh``, each stack of calls is split over its ``"data"`` axis
     (padded with copies to a multiple of the device count). ``precision`` is a
-    deprecated alias of ``dtype``.
+    deprecated alias of ``dtype``. On the CPU the host BLAS runs single-threaded
+    meanwhile (:func:`affjax.xla_options.scoring_threads`).
     """
     dtype = precision_lib.dtype_argument(dtype, precision)
+    with xla_options.scoring_threads():
+        return _score_calls(calls, reduce, metrics, solver, dtype, rtol, mesh)
+
+
+def _score_calls(calls, reduce, metrics, solver, dtype, rtol, mesh) -> list[dict]:
     if reduce not in REDUCTIONS:
         raise SignatureError(f"unknown reduce {reduce!r}; choose one of {REDUCTIONS}")
     unknown = set(metrics) - set(METRICS)

@@ -94,3 +94,51 @@ def test_nested_call_traces_once(clean_env):
     out = jax.jit(lambda v: ours(v) + 1)(jnp.ones(3))
     np.testing.assert_array_equal(np.asarray(out), 3.0)
     assert len(traces) == 1  # the refused top-level attempt traced nothing
+
+
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+
+def test_signature_scores_with_single_threaded_host_blas(clean_env, monkeypatch):
+    # OpenBLAS threads spinning next to XLA's made a d = 128 call 2-4x slower on
+    # 2 cores (xla_options docstring). Inside score_calls every BLAS is limited to
+    # one thread, seen from the host solver that runs there; outside, the
+    # user's setting is back.
+    from threadpoolctl import threadpool_limits
+
+    from affjax.capture import Call
+    from affjax.signature import score_calls
+    from affjax.solvers import host
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("the limit applies when scoring on the CPU")
+
+    seen = []
+    match = host.match_points
+    monkeypatch.setattr(
+        host, "match_points", lambda t, y: seen.append(_blas_threads()) or match(t, y)
+    )
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 3))
+    call = Call("a_ReLU", 0, "ReLU", False, ("a",), x, np.maximum(x, 0), None, None, 0.0, 0.0)
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = _blas_threads()
+        (rec,) = score_calls([call], metrics=("aff_score",))
+        assert _blas_threads() == before
+    assert np.isfinite(rec["aff_score"])
+    assert seen and all(threads == [1] * len(before) for threads in seen)
+    assert before and set(before) == {2}
+
+
+def test_host_blas_left_alone_when_tuning_is_off(monkeypatch):
+    monkeypatch.setenv("AFFJAX_CPU_OPTIONS", "off")
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        with xla_options.scoring_threads("cpu"):
+            assert set(_blas_threads()) == {2}
+        with xla_options.scoring_threads("gpu"):
+            assert set(_blas_threads()) == {2}
