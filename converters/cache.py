@@ -15,7 +15,8 @@ weights name as given, or the sha256 of a state_dict file's contents); the
 versions of torch, torchvision and flax; and a hash of the conversion and model
 code (``affjax/models``, this package's converter, ``affjax/checkpoint.py``).
 One entry per model and weights (name, seed or file) is kept: writing a new one
-removes the entry it replaces.
+removes the entry it replaces, and the least recently used entries beyond
+:data:`MAX_BYTES` (10 GiB) in all.
 
 This module imports neither torch nor torchvision; a miss imports them.
 """
@@ -40,6 +41,9 @@ __all__ = ["FORMAT", "Converted", "default_dir", "load"]
 
 #: Version of an entry's key and layout; bump when the conversion changes what it stores.
 FORMAT = 1
+#: Entries beyond this total size are removed when one is written, least recently used
+#: (written or hit) first; the one just written stays.
+MAX_BYTES = 10 * 2**30
 
 _OFF = ("", "0", "off", "none", "false")
 _PACKAGE = Path(__file__).resolve().parent
@@ -168,6 +172,24 @@ def _store(path: Path, key: dict, loaded) -> None:
         if old != path:  # the entry this one replaces (changed file, versions or code)
             with contextlib.suppress(OSError):
                 old.unlink()
+    _evict(path.parent, keep=path)
+
+
+def _evict(where: Path, keep: Path) -> None:
+    """Least recently used entries out until the rest fit in :data:`MAX_BYTES`."""
+    entries = []
+    for entry in where.glob("*.msgpack"):
+        with contextlib.suppress(OSError):
+            stat = entry.stat()
+            entries.append((stat.st_mtime_ns, stat.st_size, entry))
+    total = sum(size for _, size, _ in entries)
+    for _, size, entry in sorted(entries):
+        if total <= MAX_BYTES:
+            break
+        if entry != keep:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+                total -= size
 
 
 def load(
@@ -205,6 +227,8 @@ def load(
         path = _entry(where, slot, key)
         hit = _read(path, key)
         if hit is not None:
+            with contextlib.suppress(OSError):
+                os.utime(path)  # used now: the last to be evicted
             module, variables, info = hit
             if "weights_file" in slot:
                 info = {**info, "weights": weights}  # as given, as a conversion records it

@@ -148,6 +148,24 @@ def test_corrupt_or_foreign_entry_is_converted_again(tmp_path):
 
 
 @requires_torch
+def test_least_recently_used_entries_leave_beyond_the_size_cap(tmp_path, monkeypatch):
+    cache.load(NAME, "random", seed=3, cache_dir=tmp_path)
+    (first,) = _entries(tmp_path)
+    monkeypatch.setattr(cache, "MAX_BYTES", int(2.5 * first.stat().st_size))  # two fit
+    cache.load(NAME, "random", seed=4, cache_dir=tmp_path)
+    assert cache.load(NAME, "random", seed=3, cache_dir=tmp_path).cached  # 3 now used last
+    cache.load(NAME, "random", seed=5, cache_dir=tmp_path)
+    assert len(_entries(tmp_path)) == 2
+    assert cache.load(NAME, "random", seed=3, cache_dir=tmp_path).cached
+    assert cache.load(NAME, "random", seed=5, cache_dir=tmp_path).cached
+    assert not cache.load(NAME, "random", seed=4, cache_dir=tmp_path).cached  # evicted
+    monkeypatch.setattr(cache, "MAX_BYTES", 0)  # the entry just written always stays
+    assert not cache.load(NAME, "random", seed=6, cache_dir=tmp_path).cached
+    assert len(_entries(tmp_path)) == 1
+    assert cache.load(NAME, "random", seed=6, cache_dir=tmp_path).cached
+
+
+@requires_torch
 def test_off_or_unwritable_cache_converts_and_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv("AFFJAX_WEIGHTS_CACHE_DIR", "off")
