@@ -15,13 +15,15 @@ from flax import serialization
 
 from affjax import models, reports
 
-__all__ = ["FORMAT", "load_variables", "save_variables"]
+__all__ = ["FORMAT", "load_variables", "module_config", "save_variables"]
 
 FORMAT = "affjax.variables/1"
 
 
-def _config(module: nn.Module) -> dict:
-    """The module's scalar settings (``transform_input``, ``image_size``...), JSON-able."""
+def module_config(module: nn.Module) -> dict:
+    """The module's scalar settings (``transform_input``, ``image_size``...), JSON-able: what
+    a file holds besides the name, so ``get_model(name, num_classes=..., **config)`` rebuilds
+    the module (settings of other types come from the preset)."""
     return {
         f.name: getattr(module, f.name)
         for f in dataclasses.fields(module)
@@ -40,7 +42,7 @@ def save_variables(
         "model": name,
         "num_classes": int(module.num_classes),
         "meta": json.dumps(meta or {}, default=str),
-        "config": json.dumps(_config(module)),
+        "config": json.dumps(module_config(module)),
         "variables": {k: v for k, v in variables.items() if k in ("params", "batch_stats")},
     }
     data = serialization.msgpack_serialize(payload, in_place=False)

@@ -145,7 +145,7 @@ def _check_out_dir(out: Path) -> None:
 
 
 def _load_model(args):
-    """(name, module, variables, info, preprocess_weights)."""
+    """(name, module, variables, info)."""
     if args.variables:
         from affjax.checkpoint import load_variables
 
@@ -161,7 +161,7 @@ def _load_model(args):
     from affjax.models import registry
 
     registry.get(args.model)  # unknown names fail before torch is imported
-    from converters.torchvision import load
+    from converters.cache import load  # converts once; a hit imports no torch
 
     loaded = load(args.model, args.weights, seed=args.seed)
     return loaded.name, loaded.module, loaded.variables, loaded.info
@@ -481,14 +481,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from affjax.signature import SignatureError
 
     errors: list[type[BaseException]] = [CliError, UnknownModelError, SignatureError]
-    if "converters" in sys.modules or "torch" in sys.modules:
-        try:
-            from converters.data import DataError
-            from converters.torchvision import ConversionError, WeightsError
-
-            errors += [DataError, ConversionError, WeightsError]
-        except ImportError:
-            pass
+    # Only modules that ran can have raised their errors: importing others would import
+    # torch after a run that did without it (a converted-weights cache hit).
+    for module, names in (
+        ("converters.data", ("DataError",)),
+        ("converters.torchvision", ("ConversionError",)),
+        ("converters.weights", ("WeightsError",)),
+    ):
+        if module in sys.modules:
+            errors += [getattr(sys.modules[module], n) for n in names]
     return tuple(errors)
 
 

@@ -1,9 +1,16 @@
-"""Makes the shared test helpers (``tests/parity_helpers.py``) importable from every folder."""
+"""Shared test helpers (``tests/parity_helpers.py``) importable from every folder; the user's
+converted-weights cache kept out of tests."""
 
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# Tests never read or fill the user's converted-weights cache (~/.cache/affjax/weights):
+# a stale user entry must not decide a test, nor a test leave 45 MB there. The cache's
+# own tests (tests/converters/test_cache.py, tests/test_cli.py) pass their own folders.
+os.environ["AFFJAX_WEIGHTS_CACHE_DIR"] = "off"
 
 try:
     import torch

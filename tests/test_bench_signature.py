@@ -1,8 +1,8 @@
 """benchmarks/bench_signature.py end to end on a tiny case: every field there and sane.
 
-Three child processes (affjax with an empty compilation cache, affjax with the
-warm cache, the reference), resnet18 at 32 px, batch 8, scores only: 24-33 s
-on the 2-core dev machine, most of it process start, torch import and compiles.
+Three child processes (affjax with empty compilation and converted-weights caches,
+affjax with both warm, the reference), resnet18 at 32 px, batch 8, scores only:
+18-33 s on the 2-core dev machine, most of it process start, torch import and compiles.
 """
 
 import importlib.util
@@ -57,6 +57,9 @@ def test_tiny_run_writes_every_field(tmp_path):
     ), named
     assert cold["persistent_cache"]["writes"] >= 1 and cached["persistent_cache"]["hits"] >= 1
     assert cold["compiles_later"]["count"] == 0
+    # The weights too: converted and stored by the first child, read without torch by the second.
+    assert (cold["weights_cache_hit"], cached["weights_cache_hit"]) == (False, True)
+    assert cold["torch_imported"] and not cached["torch_imported"]
     # resnet18's 17 ReLU calls, the same on both sides, at widths 64...512
     assert row["num_calls"] == 17
     assert row["delta"]["calls_matched"] == row["delta"]["calls_reference"] == 17

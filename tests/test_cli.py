@@ -205,6 +205,38 @@ def test_convert_then_torch_free_signature(tmp_path):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
 
 
+@requires_torch
+def test_signature_converts_once_then_runs_from_the_weights_cache(tmp_path, monkeypatch):
+    import os
+
+    weights = tmp_path / "weights"
+    monkeypatch.setenv("AFFJAX_WEIGHTS_CACHE_DIR", str(weights))
+    images = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32)
+    np.save(tmp_path / "batch.npy", images)
+    argv = [
+        "signature", "resnet18", "--weights", "random", "--images", str(tmp_path / "batch.npy"),
+        "--batch-size", "4", "--metrics", "aff_score", "--quiet",
+    ]  # fmt: skip
+    assert cli.main([*argv, "--out", str(tmp_path / "a")]) == 0  # converts, fills the cache
+    assert len(list(weights.glob("resnet18-*.msgpack"))) == 1
+    # A second process reads the converted weights: no torch, the same records.
+    code = (
+        "import sys; from affjax import cli; rc = cli.main(sys.argv[1:]);"
+        "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *argv, "--out", str(tmp_path / "b")],
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    a, b = (json.loads((tmp_path / d / "resnet18_batch_4_0.json").read_text()) for d in "ab")
+    assert a["meta"]["info"] == b["meta"]["info"] and a["meta"]["info"]["depth"] == 68
+    assert [r["aff_score"] for r in a["records"]] == [r["aff_score"] for r in b["records"]]
+    assert len(a["records"]) == 17
+
+
 # --------------------------------------------------------------------------- torch-free runs
 
 

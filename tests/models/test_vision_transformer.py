@@ -105,13 +105,13 @@ def test_vit_b_32_features_per_call_both_reductions():
 
 
 def test_image_size_survives_a_checkpoint():
-    from affjax.checkpoint import _config
+    from affjax.checkpoint import module_config
     from affjax.models import get_model
 
     # Conversion reads image_size off the torch instance (from_torch); a checkpoint
     # stores the module's scalar config and rebuilds the preset from it.
     module = get_model("vit_h_14", image_size=518)
-    config = _config(module)
+    config = module_config(module)
     assert config["image_size"] == 518
     assert get_model("vit_h_14", **config) == module
 
