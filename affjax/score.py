@@ -85,8 +85,8 @@ class MappedPoints(NamedTuple):
     """Steps 1-3 of the score: the point clouds whose W2 step 4 measures.
 
     ``t`` and ``y`` are centred on ``m_y`` (distances are what count); when
-    ``d > 2n`` they are coordinates in an orthonormal basis of the samples'
-    span, which preserves every distance.
+    ``d > 2n`` (in float64 when ``d > n``) they are coordinates in an
+    orthonormal basis of the samples' span, which preserves every distance.
     """
 
     t: jax.Array  # [n, k] A-mapped centred inputs
