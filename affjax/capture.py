@@ -273,13 +273,20 @@ def _forward(
     return state.get(layers.COLLECTION, {}), state.get(ORDER_COLLECTION, {})
 
 
-def _order_of(tree: Mapping) -> tuple:
-    """``call_order``'s tuple from ``_forward``'s numbered calls (host ints)."""
+def _order_of(tree: Mapping) -> tuple | None:
+    """``call_order``'s tuple from ``_forward``'s numbered calls (host ints), or ``None``
+    unless they number the calls 0..k-1 once each (a lifted transform such as
+    ``nn.scan`` stacks or replays them: :func:`call_order` answers then, as it always did)."""
     entries = []
     for path, name, numbers in _walk(tree):
         kind, flags, key = name.split(_SEP, 2)
-        entries.extend((int(i), (path, kind, flags == "F", key)) for i in numbers)
+        for i in numbers:
+            if np.ndim(i):
+                return None
+            entries.append((int(i), (path, kind, flags == "F", key)))
     entries.sort(key=lambda e: e[0])
+    if [i for i, _ in entries] != list(range(len(entries))):
+        return None
     return tuple(e for _, e in entries)
 
 
@@ -531,9 +538,12 @@ def capture(
     chunks = _chunked(fn, inputs, n, chunk_size, progress, mesh)
     # Every chunk runs one trace, so the numbers are the same in each.
     order = _order_of(chunks[0][1])
-    key = _memo_key(module, *_order_parts(inputs, apply_kwargs, rngs))
-    if key is not None:
-        _remember(key, order)  # a later call_order (signature's) traces nothing
+    if order is None:
+        order = call_order(module, inputs, apply_kwargs, rngs)
+    else:
+        key = _memo_key(module, *_order_parts(inputs, apply_kwargs, rngs))
+        if key is not None:
+            _remember(key, order)  # a later call_order (signature's) traces nothing
     chunks = [records for records, _ in chunks]
     seen: dict[tuple[str, ...], int] = {}
     calls = []
