@@ -70,6 +70,7 @@ def _child(spec: dict) -> dict:
         affjax.signature(module, variables, images, **kw).records()
         return time.perf_counter() - start
 
+    traces.clear()  # convert's own init trace is not the signature's
     first = timed()
     # the first call's traces of at least 50 ms (the rest are small eager ops)
     first_traces = {k: [c, round(s, 3)] for k, (c, s) in traces.items() if s >= 0.05}
