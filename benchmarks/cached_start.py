@@ -43,8 +43,12 @@ def _child(spec: dict) -> dict:
     from jax._src import dispatch
 
     traces: dict[str, list] = {}
+    events: dict[str, list] = {}  # every duration event: tracing, lowering, compile/cache load
 
     def listen(event, secs, **kwargs):
+        entry = events.setdefault(event.rsplit("/", 1)[-1], [0, 0.0])
+        entry[0] += 1
+        entry[1] += float(secs)
         if event == dispatch.JAXPR_TRACE_EVENT:
             entry = traces.setdefault(str(kwargs.get("fun_name", "?")), [0, 0.0])
             entry[0] += 1
@@ -71,11 +75,16 @@ def _child(spec: dict) -> dict:
         return time.perf_counter() - start
 
     traces.clear()  # convert's own init trace is not the signature's
+    events.clear()
     first = timed()
     # the first call's traces of at least 50 ms (the rest are small eager ops)
     first_traces = {k: [c, round(s, 3)] for k, (c, s) in traces.items() if s >= 0.05}
+    first_events = {k: [c, round(s, 3)] for k, (c, s) in events.items()}
     warm = [timed() for _ in range(spec["warm"])]
-    return {"first_s": first, "warm_s": warm, "traces_first": first_traces}
+    return {
+        "first_s": first, "warm_s": warm, "traces_first": first_traces,
+        "events_first": first_events,
+    }  # fmt: skip
 
 
 def _run_child(spec: dict, tmp: Path, tag: str, cache: Path) -> dict:
@@ -143,6 +152,7 @@ def main() -> None:
                     "gap_s": gaps,
                     "gap_median_s": statistics.median(gaps),
                     "traces_first": reps[0]["traces_first"],
+                    "events_first": [r["events_first"] for r in reps],
                 }
                 rows.append(row)
                 traces = ", ".join(
