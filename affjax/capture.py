@@ -536,7 +536,7 @@ def capture(
         )  # fmt: skip
 
     chunks = _chunked(fn, inputs, n, chunk_size, progress, mesh)
-    # Every chunk runs one trace, so the numbers are the same in each.
+    # The numbers are trace-time constants: every chunk returns the same ones.
     order = _order_of(chunks[0][1])
     if order is None:
         order = call_order(module, inputs, apply_kwargs, rngs)
