@@ -6,7 +6,10 @@ Two paths, one output (:class:`Call` list in execution order):
   (:class:`affjax.models.layers.Activation`, :func:`affjax.site`) ``sow`` their
   reduced features into the ``"affinity"`` collection; keys are the
   reference's (``f"{dotted_path}_{ClassName}"``) for Activation sites and the
-  Flax path for :func:`affjax.site` ones.
+  Flax path for :func:`affjax.site` ones. ``sow`` nests records by module,
+  which loses the interleaving of repeated calls, so the same trace numbers
+  every call in execution order (``"affinity_order"``): the model is traced
+  once, not a second time to learn the order.
 * the generic one (``sites=`` a predicate or shorthand, see
   :func:`affjax.sites.selector`): a Flax method interceptor (the mechanism of
   ``capture_intermediates``) records the reduced first positional argument and
@@ -37,6 +40,7 @@ from affjax import xla_options
 from affjax.models import layers, registry
 
 __all__ = [
+    "ORDER_COLLECTION",
     "SITES_COLLECTION",
     "Call",
     "batch_size",
@@ -48,7 +52,9 @@ __all__ = [
 
 #: Collection the generic path's interceptor ``sow``s into.
 SITES_COLLECTION = "affinity_sites"
-_OURS = (layers.COLLECTION, SITES_COLLECTION)
+#: Collection the built-in path numbers its calls in (execution order).
+ORDER_COLLECTION = "affinity_order"
+_OURS = (layers.COLLECTION, SITES_COLLECTION, ORDER_COLLECTION)
 
 
 class Call(NamedTuple):
@@ -133,13 +139,32 @@ def call_order(module: nn.Module, inputs, apply_kwargs: Mapping | None = None, r
     Traced abstractly (``jax.eval_shape`` of ``init``, so no variables are
     needed) with a Flax method interceptor: ``sow`` collections are nested by
     module, which loses the interleaving of repeated calls (a ResNet block's
-    single ``relu`` runs between other sites). Cached per module, input
-    structure and static ``apply`` keywords, so a multi-batch run traces the
-    model once. ``inputs`` may be arrays, ``ShapeDtypeStruct``-s, or an image
-    shape tuple.
+    single ``relu`` runs between other sites). Memoised per module, input
+    structure, static ``apply`` keywords and rng names (the last 64), so a
+    multi-batch run traces the model once; :func:`capture` of the same model
+    leaves the order its forward numbered here, so asking after it traces
+    nothing. ``inputs`` may be arrays, ``ShapeDtypeStruct``-s, or an
+    image shape tuple.
     """
     if isinstance(inputs, tuple) and inputs and all(isinstance(i, int) for i in inputs):
         inputs = jax.ShapeDtypeStruct(inputs, jnp.float32)
+    parts = _order_parts(inputs, apply_kwargs, rngs)
+    key = _memo_key(module, *parts)
+    if key is not None and key in _ORDERS:
+        return list(_ORDERS[key])
+    order = _trace_order(module, *parts)
+    if key is not None:
+        _remember(key, order)
+    return list(order)
+
+
+# call_order's memo: key -> order tuple, oldest first (capture fills it too).
+_ORDERS: dict[tuple, tuple] = {}
+_ORDERS_MAX = 64
+
+
+def _order_parts(inputs, apply_kwargs, rngs) -> tuple:
+    """(input treedef, batch-1 leaf structs, static keywords, rng names, dynamic keywords)."""
     struct = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(
             (1, *np.shape(a)[1:]), jnp.float32 if a.dtype == np.float64 else a.dtype
@@ -149,15 +174,25 @@ def call_order(module: nn.Module, inputs, apply_kwargs: Mapping | None = None, r
     leaves, treedef = jax.tree.flatten(struct)
     static, dynamic = _split_kwargs(apply_kwargs)
     rng_names = tuple(sorted(rngs)) if rngs else ()
+    return treedef, tuple(leaves), static, rng_names, dynamic
+
+
+def _memo_key(module, treedef, leaves, static, rng_names, dynamic) -> tuple | None:
+    """The memo key, or ``None`` when the order is not memoised: an unhashable module,
+    or array keywords (the trace may branch on their shapes)."""
     if dynamic or not _hashable(module):
-        return list(
-            _call_order.__wrapped__(module, treedef, tuple(leaves), static, rng_names, dynamic)
-        )
-    return list(_call_order(module, treedef, tuple(leaves), static, rng_names))
+        return None
+    return (module, treedef, leaves, static, rng_names)
 
 
-@functools.lru_cache(maxsize=64)
-def _call_order(module, treedef, leaves, static, rng_names, dynamic=None) -> tuple:
+def _remember(key: tuple, order: tuple) -> None:
+    _ORDERS.pop(key, None)
+    _ORDERS[key] = order
+    while len(_ORDERS) > _ORDERS_MAX:
+        _ORDERS.pop(next(iter(_ORDERS)))
+
+
+def _trace_order(module, treedef, leaves, static, rng_names, dynamic) -> tuple:
     order = []
 
     def interceptor(next_fun, args, kwargs, context):
@@ -210,17 +245,49 @@ def _forward(
     module, variables, images, dynamic_kwargs=None, rngs=None, *, static_kwargs=(),
     forward_precision="highest",
 ):  # fmt: skip
+    """(records, order): the ``"affinity"`` collection, and every Activation call's
+    position in execution order (``"affinity_order"``, sow name ``"kind|F|key"``)."""
+    counter = itertools.count()  # trace order = execution order; local to this trace
+
+    def interceptor(next_fun, args, kwargs, context):
+        mod = context.module
+        if not (isinstance(mod, layers.Activation) and context.method_name == "__call__"):
+            return next_fun(*args, **kwargs)
+        order = next(counter)  # numbered at call start, as call_order does
+        y = next_fun(*args, **kwargs)
+        key, kind, functional = sites_lib.site_key(mod)
+        name = _SEP.join((kind, "F" if functional else "", key))
+        mod.sow(ORDER_COLLECTION, name, jnp.asarray(order, jnp.int32))
+        return y
+
     # Traced inside the scope, so every conv and matmul carries its precision.
-    with precision_lib.matmul_scope(forward_precision):
+    with nn.intercept_methods(interceptor), precision_lib.matmul_scope(forward_precision):
         _, state = module.apply(
             variables,
             images,
             **dict(static_kwargs),
             **(dynamic_kwargs or {}),
             rngs=rngs,
-            mutable=[layers.COLLECTION],
+            mutable=[layers.COLLECTION, ORDER_COLLECTION],
         )
-    return state.get(layers.COLLECTION, {})
+    return state.get(layers.COLLECTION, {}), state.get(ORDER_COLLECTION, {})
+
+
+def _order_of(tree: Mapping) -> tuple | None:
+    """``call_order``'s tuple from ``_forward``'s numbered calls (host ints), or ``None``
+    unless they number the calls 0..k-1 once each (a lifted transform such as
+    ``nn.scan`` stacks or replays them: :func:`call_order` answers then, as it always did)."""
+    entries = []
+    for path, name, numbers in _walk(tree):
+        kind, flags, key = name.split(_SEP, 2)
+        for i in numbers:
+            if np.ndim(i):
+                return None
+            entries.append((int(i), (path, kind, flags == "F", key)))
+    entries.sort(key=lambda e: e[0])
+    if [i for i, _ in entries] != list(range(len(entries))):
+        return None
+    return tuple(e for _, e in entries)
 
 
 def _lookup(tree: dict, path: tuple[str, ...]):
@@ -460,8 +527,6 @@ def capture(
             forward_precision=forward_precision,
         )
         return _capture_sites(fn, inputs, n, chunk_size, functional, progress, mesh)
-    order = call_order(module, inputs, apply_kwargs, rngs)
-
     forward = _jit(_forward, module, ("static_kwargs", "forward_precision"))
 
     def fn(chunk):
@@ -471,6 +536,15 @@ def capture(
         )  # fmt: skip
 
     chunks = _chunked(fn, inputs, n, chunk_size, progress, mesh)
+    # The numbers are trace-time constants: every chunk returns the same ones.
+    order = _order_of(chunks[0][1])
+    if order is None:
+        order = call_order(module, inputs, apply_kwargs, rngs)
+    else:
+        key = _memo_key(module, *_order_parts(inputs, apply_kwargs, rngs))
+        if key is not None:
+            _remember(key, order)  # a later call_order (signature's) traces nothing
+    chunks = [records for records, _ in chunks]
     seen: dict[tuple[str, ...], int] = {}
     calls = []
     for path, kind, is_functional, key in order:
