@@ -497,7 +497,8 @@ def signature(
         :class:`Signature`; failed calls are NaN with a ``status``, never 0.
         A model whose activations are all functional (GoogLeNet,
         Inception-v3) has an empty signature unless ``functional=True``, as in
-        the reference; ``meta["note"]`` then says so, and nothing is run.
+        the reference; ``meta["note"]`` then says so (the forward pass that
+        found the order has run; nothing is scored).
     """
     dtype = precision_lib.dtype_argument(dtype, precision)
     compilation_cache.enable_default()
@@ -521,30 +522,31 @@ def signature(
         if shape is None or len(shape) != 4 or shape[-1] != 3:
             raise SignatureError(f"images must be NHWC [n, H, W, 3], got shape {shape}")
     note = None
-    if sites is None and not functional:
+    records: list[dict] = []
+    try:
+        calls = capture_lib.capture(
+            module,
+            variables,
+            inputs,
+            chunk_size=chunk_size,
+            functional=functional,
+            progress=progress,
+            sites=sites,
+            feature_axis=feature_axis,
+            apply_kwargs=apply_kwargs,
+            rngs=rngs,
+            forward_precision=forward_precision,
+            mesh=mesh,
+        )
+    except sites_lib.SiteError as err:
+        raise SignatureError(str(err)) from None
+    if not calls and sites is None and not functional:
+        # capture left the order it numbered in call_order's memo: no second trace
         order = capture_lib.call_order(module, inputs, apply_kwargs, rngs)
         if order and all(o[2] for o in order):
             # GoogLeNet, Inception-v3: every call is an F.relu the reference never sees.
             note = _FUNCTIONAL_ONLY_NOTE.format(k=len(order))
-    records: list[dict] = []
     if note is None:
-        try:
-            calls = capture_lib.capture(
-                module,
-                variables,
-                inputs,
-                chunk_size=chunk_size,
-                functional=functional,
-                progress=progress,
-                sites=sites,
-                feature_axis=feature_axis,
-                apply_kwargs=apply_kwargs,
-                rngs=rngs,
-                forward_precision=forward_precision,
-                mesh=mesh,
-            )
-        except sites_lib.SiteError as err:
-            raise SignatureError(str(err)) from None
         if not calls:
             if sites is not None:
                 raise SignatureError(f"sites={sites!r} selected no call of the model")
