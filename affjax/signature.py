@@ -259,10 +259,11 @@ def _score_calls(calls, reduce, metrics, solver, dtype, rtol, mesh) -> list[dict
             return c.x_channels, c.y_channels
         return c.x, c.y
 
-    # Keyed by (n, width bucket, whether r2 is well-posed): an ill-posed r2
-    # (n <= d + 1, recorded as NaN) is not computed at all; its SVD of the
-    # [n, d] features was a fifth of DenseNet-121's scoring time at n = 256.
-    groups: dict[tuple[int, int, bool], list[int]] = defaultdict(list)
+    # Keyed by (n, width bucket): one score kernel per bucket. r2 is computed in a
+    # bucket only when one of its calls is well-posed (n > d + 1); an ill-posed
+    # r2 is recorded as NaN, and its SVD of the [n, d] features was a fifth of
+    # DenseNet-121's scoring time at n = 256.
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     mismatched = set()
     # Calls sharing their arrays (one ReLU6 call under its Hardtanh and ReLU6 keys)
     # are scored once.
@@ -278,7 +279,7 @@ def _score_calls(calls, reduce, metrics, solver, dtype, rtol, mesh) -> list[dict
             alias[i] = same
             continue
         n, d = fx.shape
-        groups[(n, _bucket(d), n > d + 1)].append(i)
+        groups[(n, _bucket(d))].append(i)
 
     wanted = tuple(m for m in METRICS if m in metrics)
     results: list[dict] = [{} for _ in calls]
@@ -286,7 +287,8 @@ def _score_calls(calls, reduce, metrics, solver, dtype, rtol, mesh) -> list[dict
     # host solver loop over the stack anyway), so score one call at a time there.
     stack = 1 if jax.default_backend() == "cpu" else 16
     k = 1 if mesh is None else devices_lib.device_count(mesh)
-    for (n, width, r2_posed), idx in groups.items():
+    for (n, width), idx in groups.items():
+        r2_posed = any(n > features(calls[i])[0].shape[1] + 1 for i in idx)
         group_wanted = wanted if r2_posed else tuple(m for m in wanted if m != "r2_score")
         if n < 2:
             raise SignatureError(f"need at least 2 images to score, got {n}")

@@ -75,3 +75,37 @@ def test_r2_constant_output_conventions():
     y = np.ones((30, 2))
     with jax.enable_x64(True):
         assert float(metrics.r2(x, y)) == 1.0  # constant output, perfectly predicted
+
+
+def _r2_lstsq(x, y):
+    """R^2 of the least-squares fit with intercept, averaged over outputs (numpy lstsq)."""
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    coef, *_ = np.linalg.lstsq(xc, yc, rcond=None)
+    return float(np.mean(1.0 - ((yc - xc @ coef) ** 2).sum(0) / (yc**2).sum(0)))
+
+
+def test_one_score_kernel_per_bucket_with_r2_where_it_is_well_posed():
+    # n = 48: d = 40 and d = 47 share the width bucket 48; r2 is well-posed at
+    # d = 40 (n > d + 1) and not at d = 47. One kernel scores both, r2 for the first
+    # is computed, the second's is NaN and named in ill_posed.
+    import importlib
+
+    from affjax.capture import Call
+
+    signature_lib = importlib.import_module("affjax.signature")
+
+    calls = []
+    for d in (40, 47):
+        x, y = _data(48, d, d)
+        assert signature_lib._bucket(d) == 48
+        calls.append(Call(f"d{d}", 0, "ReLU", False, (), np.float32(x), np.float32(y),
+                          None, None, 0.0, 0.0))  # fmt: skip
+    before = signature_lib._score_group._cache_size()
+    records = signature_lib.score_calls(calls, metrics=("aff_score", "r2_score"))
+    assert signature_lib._score_group._cache_size() == before + 1
+    want = _r2_lstsq(calls[0].x.astype(np.float64), calls[0].y.astype(np.float64))
+    # float64 on both sides, well-conditioned x: measured |diff| 0 (round-off ~1e-16).
+    assert records[0]["r2_score"] == pytest.approx(want, abs=1e-13)
+    assert records[0]["ill_posed"] == ""
+    assert np.isnan(records[1]["r2_score"]) and records[1]["ill_posed"] == "r2_score"
+    assert np.isfinite(records[1]["aff_score"])
