@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -36,7 +37,7 @@ import numpy as np
 from affjax import devices as devices_lib
 from affjax import precision as precision_lib
 from affjax import sites as sites_lib
-from affjax import xla_options
+from affjax import traces, xla_options
 from affjax.models import layers, registry
 
 __all__ = [
@@ -528,8 +529,27 @@ def capture(
         )
         return _capture_sites(fn, inputs, n, chunk_size, functional, progress, mesh)
     forward = _jit(_forward, module, ("static_kwargs", "forward_precision"))
+    # A zoo model's forward comes from a stored trace when there is one (affjax.traces).
+    stored = None
+    if mesh is None and not dynamic and rngs is None:
+        described = traces.module_key(module)
+        if described is not None:
+            stored = functools.partial(
+                _forward.__wrapped__, module, static_kwargs=static,
+                forward_precision=forward_precision,
+            )  # fmt: skip
+            described = json.dumps(
+                [described, repr(static), forward_precision, traces.describe(variables)]
+            )
 
     def fn(chunk):
+        if stored is not None:
+            call = traces.exported(
+                "capture._forward", stored, (variables, chunk), static=described,
+                key_args=chunk, jit=xla_options.jit,
+            )  # fmt: skip
+            if call is not None:
+                return call(variables, chunk)
         return forward(
             variables, chunk, dynamic, rngs, static_kwargs=static,
             forward_precision=forward_precision,
