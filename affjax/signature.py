@@ -7,6 +7,7 @@ shape -> one ``vmap``-ed, jitted scoring function per group -> a tidy table.
 from __future__ import annotations
 
 import functools
+import json
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from affjax import capture as capture_lib
-from affjax import compilation_cache, reports, xla_options
+from affjax import compilation_cache, reports, traces, xla_options
 from affjax import devices as devices_lib
 from affjax import metrics as metrics_lib
 from affjax import precision as precision_lib
@@ -191,13 +192,28 @@ def _score_group_sharded(xs, ys, xs32, ys32, dims, *, wanted, solver, rtol, mesh
     )
 
 
+def _stored_or_jit(name: str, jitted, args: tuple, **static):
+    """``jitted(*args, **static)``, through its stored trace when there is one
+    (:mod:`affjax.traces`): a new process then neither traces nor lowers it."""
+    call = traces.exported(
+        name,
+        functools.partial(jitted.__wrapped__, **static),
+        args,
+        static=json.dumps(sorted(static.items())),
+        namedtuples=(score_lib.MappedPoints,),
+    )
+    return jitted(*args, **static) if call is None else call(*args)
+
+
 def _match_on_host(out: dict, rtol: float) -> dict:
     """Completes a ``solver="host"`` group: scipy matchings, then the scores."""
     points = out.pop("points", None)
     if not points:
         return out
     perms = {name: host.match_points(p.t, p.y) for name, p in points.items()}
-    finished = jax.device_get(_finish_group(points, perms, rtol=rtol))
+    finished = jax.device_get(
+        _stored_or_jit("signature._finish_group", _finish_group, (points, perms), rtol=rtol)
+    )
     finished.pop("finite")  # the same inputs' check as out["finite"]
     out.update(finished)
     return out
@@ -306,12 +322,16 @@ def _score_calls(calls, reduce, metrics, solver, dtype, rtol, mesh) -> list[dict
                 dims[j] = fx.shape[1]
             with precision_lib.scope(dtype):
                 if mesh is None:
-                    out = _score_group(
-                        jnp.asarray(x32, jdtype),
-                        jnp.asarray(y32, jdtype),
-                        jnp.asarray(x32),
-                        jnp.asarray(y32),
-                        jnp.asarray(dims),
+                    out = _stored_or_jit(
+                        "signature._score_group",
+                        _score_group,
+                        (
+                            jnp.asarray(x32, jdtype),
+                            jnp.asarray(y32, jdtype),
+                            jnp.asarray(x32),
+                            jnp.asarray(y32),
+                            jnp.asarray(dims),
+                        ),
                         wanted=group_wanted,
                         solver=solver,
                         rtol=rtol,

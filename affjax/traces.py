@@ -200,7 +200,25 @@ def _evict(where: Path, keep: Path) -> None:
             total -= size
 
 
-def exported(name: str, fn, args: tuple, *, static: str, key_args=None, jit=jax.jit):
+_NAMEDTUPLES: set[type] = set()
+
+
+def _serializable(namedtuples, export) -> None:
+    """Lets ``jax.export`` write these NamedTuple classes in argument and result trees."""
+    for cls in namedtuples:
+        if cls not in _NAMEDTUPLES:
+            try:
+                export.register_namedtuple_serialization(
+                    cls, serialized_name=f"{cls.__module__}.{cls.__qualname__}"
+                )
+            except ValueError:  # registered already (by the user, or a reloaded module)
+                pass
+            _NAMEDTUPLES.add(cls)
+
+
+def exported(
+    name: str, fn, args: tuple, *, static: str, key_args=None, jit=jax.jit, namedtuples=()
+):
     """``jit(exported.call)`` standing for ``jax.jit(fn)`` on ``args``, or ``None``.
 
     ``fn`` is a pure function of ``args`` (arrays and pytrees of arrays) whose
@@ -210,6 +228,9 @@ def exported(name: str, fn, args: tuple, *, static: str, key_args=None, jit=jax.
     ``static`` once leaves them out here). The export is read from
     :func:`directory` or made now and written there. ``None`` when traces are
     off or unavailable: the caller then runs its plain jitted function.
+    ``namedtuples``: NamedTuple classes in the argument or result trees. The
+    returned function is named after the last part of ``name`` (compile logs
+    and profiles show ``jit(_forward)``, as for the plain function).
     """
     where = directory()
     if where is None:
@@ -222,6 +243,7 @@ def exported(name: str, fn, args: tuple, *, static: str, key_args=None, jit=jax.
         from jax import export
     except ImportError:
         return None
+    _serializable(namedtuples, export)
     path = where / f"{key}{_SUFFIX}"
     exp = _load(path)
     if exp is None:
@@ -232,6 +254,11 @@ def exported(name: str, fn, args: tuple, *, static: str, key_args=None, jit=jax.
             log.info("affjax trace %s not exported (%s); using jax.jit", name, err)
             return None
         _store(path, data)
-    call = jit(exp.call)
+
+    def run(*a):
+        return exp.call(*a)
+
+    run.__name__ = run.__qualname__ = name.rsplit(".", 1)[-1]
+    call = jit(run)
     _LOADED[key] = call
     return call

@@ -187,3 +187,37 @@ def test_a_fresh_process_reads_the_trace_another_one_stored(tmp_path):
         assert done.stdout.split()[-1] == "1"
         outs.append(np.load(out))
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_score_kernels_are_stored_and_read_back(folder, monkeypatch):
+    import importlib
+
+    from affjax.capture import Call
+
+    signature_lib = importlib.import_module("affjax.signature")
+    rng = np.random.default_rng(3)
+    calls = []
+    for d in (8, 40):
+        x = rng.normal(size=(48, d)).astype(np.float32)
+        y = np.maximum(x + 0.2, 0).astype(np.float32)
+        calls.append(Call(f"d{d}", 0, "ReLU", False, (), x, y, None, None, 0.1, 0.4))
+
+    def scores():
+        return signature_lib.score_calls(calls, solver="host")
+
+    stored = scores()
+    names = sorted(p.name for p in _files(folder))
+    assert len(names) == 4  # _score_group and _finish_group for each of two buckets
+    monkeypatch.setattr(traces, "directory", lambda: None)
+    plain = scores()
+    assert stored == plain  # every field, bit for bit
+    assert np.isfinite(plain[0]["aff_score"]) and plain[0]["aff_score"] > 0
+    monkeypatch.setattr(traces, "directory", lambda: folder)
+    monkeypatch.setattr(traces, "_LOADED", {})
+
+    def no_export(*a, **k):
+        raise AssertionError("exported again although the trace is stored")
+
+    monkeypatch.setattr(jax.export, "export", no_export)
+    assert scores() == plain
+    assert sorted(p.name for p in _files(folder)) == names
