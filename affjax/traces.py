@@ -1,4 +1,4 @@
-"""Traced forward passes kept on disk (``jax.export``), so a fresh process skips tracing.
+"""Traced programs kept on disk (``jax.export``), so a fresh process skips tracing.
 
 JAX's persistent compilation cache (:mod:`affjax.compilation_cache`) keeps the
 compiled executables, but a new process still traces each function in Python
@@ -7,7 +7,8 @@ most of a cached start: DenseNet-121 at batch 256 took 3.3-3.9 s from the
 function to a loaded executable with the executable cached, and 1.1 s through a
 stored export (deserialise 0.06 s, lower 0.23 s, load 0.85 s).
 
-So :func:`affjax.capture.capture` runs a zoo model's forward through
+So :func:`affjax.capture.capture` runs a zoo model's forward, and
+:func:`affjax.signature.score_calls` its score kernels (for any model), through
 ``jax.export``: the first process exports the traced program (StableHLO, the
 same program ``jax.jit`` would compile) into ``affjax-traces/`` inside the
 compilation cache directory, later processes deserialise it and call it. Same
@@ -15,13 +16,14 @@ program, same executable: the records are bit for bit those of the plain path
 (``tests/test_traces.py``).
 
 A stored trace is used only when everything that shaped it is the same, all in
-its key: the function, the module's class and fields (modules of
-:mod:`affjax.models` only, whose fields are plain values and affjax's own
+its key: the function, for a forward the module's class and fields (modules
+of :mod:`affjax.models` only, whose fields are plain values and affjax's own
 classes), the static arguments, the tree and shapes of the arguments, the
 source of the whole ``affjax`` package, the versions of jax, jaxlib and flax,
 the backend, and the JAX settings that change a trace (x64, default matmul
-precision, dtype promotion). Anything else (your own Flax models, sharded runs,
-``apply`` keywords or rngs) takes the plain ``jax.jit`` path. The folder is
+precision, dtype promotion). Other forwards (your own Flax models, sharded
+runs, ``apply`` keywords or rngs) and sharded score kernels take the plain
+``jax.jit`` path. The folder is
 capped at :data:`MAX_BYTES` (least recently used files go first). Like the
 compilation cache this is an optimisation, never an error: no cache directory,
 no ``flatbuffers`` (which ``jax.export`` serialises with), a damaged or
