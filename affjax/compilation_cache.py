@@ -13,6 +13,7 @@ Importing affjax never changes JAX's configuration.
 from __future__ import annotations
 
 import os
+from importlib import metadata
 from pathlib import Path
 
 import jax
@@ -23,13 +24,28 @@ __all__ = ["default_dir", "enable", "enable_default"]
 _OFF = ("", "0", "off", "none", "false")
 
 
-def default_dir() -> Path | None:
-    """``$AFFJAX_CACHE_DIR``, else ``$XDG_CACHE_HOME/affjax/jax`` (``~/.cache/affjax/jax``)."""
-    env = os.environ.get("AFFJAX_CACHE_DIR")
+def user_dir(variable: str, leaf: str) -> Path | None:
+    """An affjax cache folder: ``$variable`` when set (``None`` for ``off``, ``0``,
+    ``none``, ``false`` or empty), else ``$XDG_CACHE_HOME/affjax/<leaf>``
+    (``~/.cache/affjax/<leaf>``)."""
+    env = os.environ.get(variable)
     if env is not None:
         return None if env.strip().lower() in _OFF else Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "affjax" / "jax"
+    return Path(base) / "affjax" / leaf
+
+
+def package_version(package: str) -> str | None:
+    """The installed version of ``package`` (part of cache keys), ``None`` when absent."""
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def default_dir() -> Path | None:
+    """``$AFFJAX_CACHE_DIR``, else ``$XDG_CACHE_HOME/affjax/jax`` (``~/.cache/affjax/jax``)."""
+    return user_dir("AFFJAX_CACHE_DIR", "jax")
 
 
 def enable(path: str | os.PathLike | None = None, min_compile_seconds: float = 0.0) -> Path | None:

@@ -41,13 +41,14 @@ import json
 import logging
 import os
 import tempfile
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
+
+from affjax.compilation_cache import package_version
 
 __all__ = ["MAX_BYTES", "describe", "directory", "exported", "module_key"]
 
@@ -79,13 +80,6 @@ def _code_hash() -> str:
     for path in sorted(_PACKAGE.rglob("*.py")):
         h.update(str(path.relative_to(_PACKAGE)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def _ours(obj) -> bool:
@@ -149,7 +143,7 @@ def _key(name: str, static: str, args) -> str:
         "static": static,
         "args": describe(args),
         "code": _code_hash(),
-        "versions": [_version(p) for p in ("jax", "jaxlib", "flax")],
+        "versions": [package_version(p) for p in ("jax", "jaxlib", "flax")],
         "backend": jax.default_backend(),
         "x64": str(jax.dtypes.canonicalize_dtype(np.float64)),
         "matmul_precision": str(jax.config.jax_default_matmul_precision),

@@ -28,14 +28,13 @@ import functools
 import hashlib
 import json
 import os
-from importlib import metadata
 from pathlib import Path
 from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 
-from affjax import checkpoint, models
+from affjax import checkpoint, compilation_cache, models
 
 __all__ = ["FORMAT", "Converted", "default_dir", "load"]
 
@@ -45,7 +44,6 @@ FORMAT = 1
 #: (written or hit) first; the one just written stays.
 MAX_BYTES = 10 * 2**30
 
-_OFF = ("", "0", "off", "none", "false")
 _PACKAGE = Path(__file__).resolve().parent
 # The code a conversion's output depends on, hashed into every key.
 _CODE = (
@@ -68,18 +66,10 @@ class Converted(NamedTuple):
 
 def default_dir() -> Path | None:
     """``$AFFJAX_WEIGHTS_CACHE_DIR``, else ``$XDG_CACHE_HOME/affjax/weights``; ``None``: off."""
-    env = os.environ.get("AFFJAX_WEIGHTS_CACHE_DIR")
-    if env is not None:
-        return None if env.strip().lower() in _OFF else Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "affjax" / "weights"
+    return compilation_cache.user_dir("AFFJAX_WEIGHTS_CACHE_DIR", "weights")
 
 
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
+_version = compilation_cache.package_version  # a name of its own: tests stand in other versions
 
 
 @functools.cache
