@@ -31,7 +31,15 @@ def _want(x, axes):
 
 @pytest.mark.parametrize(
     "shape,axes",
-    [((3, 9, 7, 5), (1, 2)), ((3, 5, 9, 7), (2, 3)), ((3, 11, 6), (2,)), ((3, 11, 6), (1,))],
+    [
+        ((3, 9, 7, 5), (1, 2)),  # NHWC conv: the first axis, then the rest, counts by the minor
+        ((3, 5, 9, 7), (2, 3)),  # the minor axis reduced: one four-output reduction
+        ((3, 11, 6), (2,)),
+        ((3, 11, 6), (1,)),
+        ((2, 5, 4, 6, 3), (1, 3)),  # apart: axis 3 is axis 2 after the first stage
+        ((2, 5, 4, 6, 3), (1, 2, 3)),
+        ((2, 5, 4, 6, 3), (2, 4)),
+    ],
 )
 def test_one_pass_record_is_the_means_and_the_sparsity(shape, axes):
     x = _activations(shape)

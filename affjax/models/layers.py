@@ -101,15 +101,32 @@ def _per_sample_sparsity(x: jax.Array) -> jax.Array:
     return jnp.mean(jnp.abs(flat) <= metrics.SPARSITY_THRESHOLD, axis=1, dtype=jnp.float32)
 
 
+def _add_pairs(operands: tuple, axes: tuple[int, ...]) -> tuple:
+    """Sums of several same-shape arrays over ``axes`` in one variadic reduction."""
+    zeros = tuple(jnp.zeros((), v.dtype) for v in operands)
+    return lax.reduce(
+        operands, zeros, lambda a, b: tuple(p + q for p, q in zip(a, b, strict=True)), axes
+    )
+
+
 def reduce_record(x: jax.Array, y: jax.Array, axes: tuple[int, ...]) -> dict:
     """``x`` and ``y`` averaged over ``axes``, and the per-sample sparsity of both.
 
-    One pass over the activations: the two sums and the two counts of entries
-    with ``|v| <= 1e-3`` are a single variadic reduction over ``axes`` (then the
-    counts' remaining axes are summed), instead of four reductions each reading
-    the full tensors. On resnet18 at batch 256 this took the cost of recording
-    from 2.0 s to 0.85 s over a 5.6 s forward. Half-precision activations are
-    averaged in float32; counts are int32, so exact.
+    Shaped for XLA:CPU's reductions, which run at memory speed when they reduce
+    one axis or the minor one, and several times slower otherwise:
+
+    * when ``axes`` hold the minor axis (tokens, channels-last torch layouts),
+      the two sums and the two counts of entries with ``|v| <= 1e-3`` are one
+      variadic reduction over ``axes``;
+    * otherwise (NHWC convolutions averaged over ``H, W``, channels kept) the
+      sums reduce the first axis of ``axes`` for ``x`` and ``y`` together,
+      then the rest on the much smaller result; the counts, which only need a
+      per-sample total, reduce the minor axis first.
+
+    On DenseNet-121 at batch 64 (2-core CPU, forward 3.1-3.5 s) that took the cost
+    of recording from 1.6-1.7 s (a four-output reduction over ``H, W``) to
+    0.6-0.8 s. Half-precision activations are averaged in float32; counts are
+    int32, so exact.
     """
     if not axes or x.shape != y.shape:
         return {
@@ -119,17 +136,18 @@ def reduce_record(x: jax.Array, y: jax.Array, axes: tuple[int, ...]) -> dict:
             "sparsity_y": _per_sample_sparsity(y),
         }
     acc = jnp.promote_types(jnp.promote_types(x.dtype, y.dtype), jnp.float32)
+    axes, minor = tuple(sorted(axes)), x.ndim - 1
 
     def small(v):
         return (jnp.abs(v) <= metrics.SPARSITY_THRESHOLD).astype(jnp.int32)
 
-    zero, none = jnp.zeros((), acc), jnp.zeros((), jnp.int32)
-    sx, sy, cx, cy = lax.reduce(
-        (x.astype(acc), y.astype(acc), small(x), small(y)),
-        (zero, zero, none, none),
-        lambda a, b: tuple(p + q for p, q in zip(a, b, strict=True)),
-        tuple(sorted(axes)),
-    )
+    if minor in axes:
+        sx, sy, cx, cy = _add_pairs((x.astype(acc), y.astype(acc), small(x), small(y)), axes)
+    else:
+        sx, sy = _add_pairs((x.astype(acc), y.astype(acc)), axes[:1])
+        if len(axes) > 1:  # the first axis is gone: the others move down by one
+            sx, sy = _add_pairs((sx, sy), tuple(a - 1 for a in axes[1:]))
+        cx, cy = _add_pairs((small(x), small(y)), (minor,))
     per_mean = math.prod(x.shape[a] for a in axes)
     per_sample = math.prod(x.shape[1:])
 
