@@ -106,8 +106,9 @@ def batch_size(inputs) -> int:
 
 def _to_device(a):
     # float64 host data (numpy's default) runs in float32, as the ports expect.
-    a = jnp.asarray(a)
-    return a.astype(jnp.float32) if a.dtype == jnp.float64 else a
+    if isinstance(a, jax.Array):
+        return a.astype(jnp.float32) if a.dtype == jnp.float64 else a
+    return jax.device_put(_to_host(a))  # jnp.asarray would compile a copy per shape
 
 
 def _to_host(a) -> np.ndarray:

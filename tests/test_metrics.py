@@ -113,3 +113,50 @@ def test_one_score_kernel_per_bucket_with_r2_where_it_is_well_posed(monkeypatch)
     assert records[0]["ill_posed"] == ""
     assert np.isnan(records[1]["r2_score"]) and records[1]["ill_posed"] == "r2_score"
     assert np.isfinite(records[1]["aff_score"])
+
+
+def test_scoring_threads_give_one_threads_records_and_compile_each_kernel_once(
+    monkeypatch, tmp_path
+):
+    # Three width buckets (8, 32, 48), two calls each, scored by two threads: every
+    # record equals the one-thread run's to the bit, and each bucket's kernel was
+    # exported and compiled once (its first call runs before the others of its
+    # bucket; two threads missing the same stored trace would each compile it).
+    import importlib
+
+    from affjax import traces
+    from affjax.capture import Call
+
+    monkeypatch.setattr(traces, "directory", lambda: tmp_path / "traces")
+    signature_lib = importlib.import_module("affjax.signature")
+    calls = []
+    for i, d in enumerate((8, 24, 40, 8, 30, 33)):
+        x, y = _data(37, d, i)  # n = 37: shapes no other test compiles
+        calls.append(Call(f"c{i}", 0, "ReLU", False, (), np.float32(x), np.float32(y),
+                          None, None, 0.0, 0.0))  # fmt: skip
+    assert len({signature_lib._bucket(c.x.shape[1]) for c in calls}) == 3
+    metrics_ = ("aff_score", "aff_score_corrected", "cka_score", "r2_score")
+    compiled, listening = [], [True]
+
+    def on_compile(event, secs, **kwargs):
+        if listening[0] and event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(str(kwargs.get("fun_name")))
+
+    jax.monitoring.register_event_duration_secs_listener(on_compile)
+    monkeypatch.setenv("AFFJAX_SCORE_WORKERS", "2")
+    try:
+        threaded = signature_lib.score_calls(calls, metrics=metrics_)
+    finally:
+        listening[0] = False
+    assert sorted(compiled) == ["jit(_finish_group)"] * 3 + ["jit(_score_group)"] * 3, compiled
+    assert len(list((tmp_path / "traces").iterdir())) == 6
+    monkeypatch.setenv("AFFJAX_SCORE_WORKERS", "1")
+    single = signature_lib.score_calls(calls, metrics=metrics_)
+    assert [r["layer"] for r in threaded] == [f"c{i}" for i in range(6)]
+    for a, b in zip(threaded, single, strict=True):
+        assert all(np.isfinite(a[m]) or m in a["ill_posed"] for m in metrics_)
+        np.testing.assert_equal(a, b)  # the same executables and inputs: equal to the bit
+
+    monkeypatch.setenv("AFFJAX_SCORE_WORKERS", "two")
+    with pytest.raises(signature_lib.SignatureError, match="AFFJAX_SCORE_WORKERS='two'"):
+        signature_lib.score_calls(calls, metrics=metrics_)

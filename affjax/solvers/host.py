@@ -8,25 +8,58 @@ network simplex (``ot.emd2``, ``numItermax=1e7``, the reference's solver),
 near-ties; ``lapjv`` works in float32 (returned a cost 3e-7 above the optimum)
 and took 44 s at n = 1024, d = 1; POT is 2-5x slower at d >= 64. scipy is exact
 in float64 and never far from the fastest, so it is the one.
+
+``scipy.optimize`` takes 0.5 s to import (most of it modules the solver never
+uses), so it is imported at the first matching, not with affjax; a signature
+starts the import in a thread (:func:`prefetch`) while its forward pass runs.
 """
 
 from __future__ import annotations
 
+import importlib
+import sys
+import threading
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from affjax.math import costs
 
-__all__ = ["host_assignment", "host_matching", "match_points"]
+__all__ = ["host_assignment", "host_matching", "match_points", "prefetch"]
+
+_SOLVER_MODULE = "scipy.optimize"
+
+
+def _linear_sum_assignment():
+    # Waits for a prefetch under way (the import lock), else imports now.
+    return importlib.import_module(_SOLVER_MODULE).linear_sum_assignment
+
+
+def prefetch() -> None:
+    """Starts importing the solver in a daemon thread, if it is not imported yet.
+
+    Call it before work that does not need the solver (a forward pass): the
+    import then overlaps that work, and the first matching finds it done, or
+    waits for it. Harmless if the import fails: the matching imports again and
+    raises there.
+    """
+    if _SOLVER_MODULE not in sys.modules:
+        threading.Thread(target=_quiet_import, name="affjax-import-scipy", daemon=True).start()
+
+
+def _quiet_import() -> None:
+    try:
+        importlib.import_module(_SOLVER_MODULE)
+    except Exception:  # noqa: BLE001 - reported by the matching that needs it
+        pass
 
 
 def _assign(cost: np.ndarray) -> np.ndarray:
     """Optimal permutation of one ``[n, n]`` cost; identity if it is not finite."""
     if not np.all(np.isfinite(cost)):  # the caller's total is NaN anyway
         return np.arange(cost.shape[0], dtype=np.int32)
-    rows, cols = linear_sum_assignment(cost)
+    rows, cols = _linear_sum_assignment()(cost)
     perm = np.empty(cost.shape[0], dtype=np.int32)
     perm[rows] = cols
     return perm

@@ -57,3 +57,36 @@ def test_non_finite_cost_gives_nan_total():
 def test_unknown_solver_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown solver"):
         assignment.resolve_solver("hungarian")
+
+
+def test_solver_import_waits_for_a_signature_and_can_run_in_a_thread():
+    # `import affjax` leaves scipy.optimize (0.5 s) out; prefetch imports it in a
+    # thread, and a matching made meanwhile waits for it and is still optimal.
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import sys, threading
+        import numpy as np
+        import affjax
+        from affjax.solvers import host
+        assert "scipy.optimize" not in sys.modules, "imported with affjax"
+        host.prefetch()
+        cost = np.random.default_rng(0).random((30, 30))
+        perm = host._assign(cost)  # may run while the thread imports
+        for t in threading.enumerate():
+            if t.name == "affjax-import-scipy":
+                t.join()
+        assert "scipy.optimize" in sys.modules
+        from scipy.optimize import linear_sum_assignment
+        rows, cols = linear_sum_assignment(cost)
+        assert cost[np.arange(30), perm].sum() == cost[rows, cols].sum()
+        host.prefetch()  # imported: no thread
+        assert not any(t.name == "affjax-import-scipy" for t in threading.enumerate())
+        print("ok")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
