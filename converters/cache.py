@@ -39,7 +39,9 @@ from affjax import checkpoint, compilation_cache, models
 __all__ = ["FORMAT", "Converted", "default_dir", "load"]
 
 #: Version of an entry's key and layout; bump when the conversion changes what it stores.
-FORMAT = 1
+FORMAT = 2
+_SUFFIX = ".variables"  # checkpoint's "raw" layout (FORMAT 1 wrote msgpack, ".msgpack")
+_OLD_SUFFIXES = (".msgpack",)  # earlier formats' entries: replaced and evicted like ours
 #: Entries beyond this total size are removed when one is written, least recently used
 #: (written or hit) first; the one just written stays.
 MAX_BYTES = 10 * 2**30
@@ -128,7 +130,7 @@ def _digest(d: dict) -> str:
 
 
 def _entry(where: Path, slot: dict, key: dict) -> Path:
-    return where / f"{slot['model']}-{_digest(slot)[:12]}-{_digest(key)[:16]}.msgpack"
+    return where / f"{slot['model']}-{_digest(slot)[:12]}-{_digest(key)[:16]}{_SUFFIX}"
 
 
 def _read(path: Path, key: dict):
@@ -154,21 +156,27 @@ def _store(path: Path, key: dict, loaded) -> None:
         return  # a setting the file cannot hold (not a scalar): never a wrong hit
     meta = {"key": key, "info": loaded.info}
     try:
-        checkpoint.save_variables(path, loaded.name, loaded.module, loaded.variables, meta=meta)
+        checkpoint.save_variables(
+            path, loaded.name, loaded.module, loaded.variables, meta=meta, layout="raw"
+        )
     except OSError:
         return  # unwritable or full: the cache is an optimisation
     prefix = path.name.rsplit("-", 1)[0] + "-"
-    for old in path.parent.glob(f"{prefix}*.msgpack"):
+    for old in _entries(path.parent, prefix):
         if old != path:  # the entry this one replaces (changed file, versions or code)
             with contextlib.suppress(OSError):
                 old.unlink()
     _evict(path.parent, keep=path)
 
 
+def _entries(where: Path, prefix: str = "") -> list[Path]:
+    return [p for s in (_SUFFIX, *_OLD_SUFFIXES) for p in where.glob(f"{prefix}*{s}")]
+
+
 def _evict(where: Path, keep: Path) -> None:
     """Least recently used entries out until the rest fit in :data:`MAX_BYTES`."""
     entries = []
-    for entry in where.glob("*.msgpack"):
+    for entry in _entries(where):
         with contextlib.suppress(OSError):
             stat = entry.stat()
             entries.append((stat.st_mtime_ns, stat.st_size, entry))

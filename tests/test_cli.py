@@ -218,7 +218,7 @@ def test_signature_converts_once_then_runs_from_the_weights_cache(tmp_path, monk
         "--batch-size", "4", "--metrics", "aff_score", "--quiet",
     ]  # fmt: skip
     assert cli.main([*argv, "--out", str(tmp_path / "a")]) == 0  # converts, fills the cache
-    assert len(list(weights.glob("resnet18-*.msgpack"))) == 1
+    assert len(list(weights.glob("resnet18-*.variables"))) == 1
     # A second process reads the converted weights: no torch, the same records.
     code = (
         "import sys; from affjax import cli; rc = cli.main(sys.argv[1:]);"

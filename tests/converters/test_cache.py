@@ -19,7 +19,7 @@ NAME = "squeezenet1_1"  # 1.2 M parameters: converted in about a second
 
 
 def _entries(where: Path) -> list[Path]:
-    return sorted(where.glob("*.msgpack"))
+    return sorted(where.glob("*.variables"))
 
 
 def _images() -> np.ndarray:
