@@ -28,9 +28,11 @@ __all__ = [
     "AffinityResult",
     "MappedPoints",
     "affinity",
+    "affinity_of_points",
     "affinity_score",
     "from_matching",
     "mapped_points",
+    "mapped_points_each",
 ]
 
 #: The published method maps to a constant when tr(Sy) <= DEGENERATE_TRACE * d.
@@ -108,6 +110,21 @@ def mapped_points(x: jax.Array, y: jax.Array, *, shrinkage: bool = False, dim=No
         return _mapped_points(x, y, shrinkage=shrinkage, dim=dim)
 
 
+def mapped_points_each(
+    x: jax.Array, y: jax.Array, shrinkages: tuple[bool, ...], *, dim=None
+) -> tuple[MappedPoints, ...]:
+    """:func:`mapped_points` for each of ``shrinkages``, sharing what they share.
+
+    The centring and, when ``d > n``, the samples' span coordinates (a QR of the
+    ``[d, 2n]`` data: at n = 256, d = 4096, 110 ms of the 150 ms one score takes
+    in float64 on the 2-core CPU) are computed once for the plain and the
+    Ledoit-Wolf score.
+    """
+    with precision_lib.matmul_scope("highest"):
+        centred = _centre(x, y, dim)
+        return tuple(_map(centred, shrinkage=s) for s in shrinkages)
+
+
 def from_matching(
     points: MappedPoints,
     perm: jax.Array,
@@ -129,8 +146,18 @@ def from_matching(
 
 def _affinity(x, y, *, shrinkage, solver, rtol, dim) -> AffinityResult:
     points = _mapped_points(x, y, shrinkage=shrinkage, dim=dim)
-    tc, yc, n = points.t, points.y, x.shape[0]
-    if x.shape[1] == 1:
+    return _solve(points, solver=solver, rtol=rtol)
+
+
+def affinity_of_points(points: MappedPoints, *, solver: str = "auto", rtol: float = 1e-6):
+    """Steps 4-5 of :func:`affinity` on :func:`mapped_points` output, in-graph (traceable)."""
+    with precision_lib.matmul_scope("highest"):
+        return _solve(points, solver=solver, rtol=rtol)
+
+
+def _solve(points: MappedPoints, *, solver, rtol) -> AffinityResult:
+    tc, yc, n = points.t, points.y, points.t.shape[0]
+    if tc.shape[1] == 1:
         w2 = _sorted_w2(tc, yc)
         gap, converged = jnp.zeros_like(w2), jnp.asarray(True)
     elif assignment.resolve_solver(solver) == "host":
@@ -171,7 +198,16 @@ def _span_coordinates(xc, yc):
     return r[:, :n].T, r[:, n:].T
 
 
-def _mapped_points(x, y, *, shrinkage, dim) -> MappedPoints:
+class _Centred(NamedTuple):
+    xc: jax.Array  # centred inputs, or their span coordinates
+    yc: jax.Array
+    finite: jax.Array
+    n: int
+    d: jax.Array | int  # true width (dim, or the array's)
+    wide64: bool  # float64 with d > n: bures_transport on the span coordinates
+
+
+def _centre(x, y, dim) -> _Centred:
     n, d_arr = x.shape
     d = d_arr if dim is None else dim
     finite = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(y))
@@ -189,6 +225,15 @@ def _mapped_points(x, y, *, shrinkage, dim) -> MappedPoints:
         # every distance. Above n, in float64, the inputs' coordinates fill only n
         # of them, which bures_transport exploits even when d <= 2n.
         xc, yc = _span_coordinates(xc, yc)
+    return _Centred(xc, yc, finite, n, d, wide64)
+
+
+def _mapped_points(x, y, *, shrinkage, dim) -> MappedPoints:
+    return _map(_centre(x, y, dim), shrinkage=shrinkage)
+
+
+def _map(c: _Centred, *, shrinkage) -> MappedPoints:
+    xc, yc, finite, n, d, wide64 = c
     k = xc.shape[1]
     if shrinkage:
         (scale_x, floor_x), (scale_y, floor_y) = (
@@ -204,8 +249,8 @@ def _mapped_points(x, y, *, shrinkage, dim) -> MappedPoints:
         tc = matrix_square_root.bures_transport(xc[:, :n], yc, scale_x, floor_x, scale_y, floor_y)
         tc = jnp.where(degenerate, 0.0, tc)
         return MappedPoints(tc, yc, 2.0 * tr, degenerate, finite)
-    eye = jnp.eye(k, dtype=x.dtype)
-    if jnp.finfo(x.dtype).eps < 1e-15:
+    eye = jnp.eye(k, dtype=xc.dtype)
+    if jnp.finfo(xc.dtype).eps < 1e-15:
         sx = scale_x * covariance.gram(xc) + floor_x * eye
         sy = scale_y * covariance.gram(yc) + floor_y * eye
         a = matrix_square_root.bures_map(sx, sy)

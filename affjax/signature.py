@@ -165,14 +165,15 @@ def _score_group(xs, ys, xs32, ys32, dims, *, wanted: tuple[str, ...], solver: s
 
     def metrics_of(x, y, x32, y32, dim):
         out = {"finite": jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(y))}
+        scores = [s for s in _SCORES if s[0] in wanted]  # (metric, shrinkage, suffix)
+        # Both scores share the centring and the span coordinates (one QR).
+        mapped = score_lib.mapped_points_each(x, y, tuple(s for _, s, _ in scores), dim=dim)
         points = {}
-        for name, shrinkage, suffix in _SCORES:
-            if name not in wanted:
-                continue
+        for (name, _, suffix), p in zip(scores, mapped, strict=True):
             if solver == "host":
-                points[name] = score_lib.mapped_points(x, y, shrinkage=shrinkage, dim=dim)
+                points[name] = p
             else:
-                r = score_lib.affinity(x, y, shrinkage=shrinkage, solver=solver, rtol=rtol, dim=dim)
+                r = score_lib.affinity_of_points(p, solver=solver, rtol=rtol)
                 out.update(_score_fields(name, suffix, r))
         if points:
             out["points"] = points
