@@ -98,7 +98,7 @@ def save_variables(
             f.write(a.tobytes())
 
 
-def _read_raw(path: Path, blob: np.ndarray) -> dict:
+def _read_raw(blob: np.ndarray) -> dict:
     """The payload of a ``"raw"`` file read into ``blob`` (64-byte aligned)."""
     size = blob.size
     if size < len(_MAGIC) + 8:
@@ -131,7 +131,7 @@ def _read(path: Path) -> dict:
         if f.readinto(memoryview(blob)) != size:
             raise ValueError("the file changed while it was read")
     if blob[: len(_MAGIC)].tobytes() == _MAGIC:
-        return _read_raw(path, blob)
+        return _read_raw(blob)
     return serialization.msgpack_restore(blob.tobytes())
 
 

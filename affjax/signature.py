@@ -372,11 +372,13 @@ def _score_calls(calls, reduce, metrics, solver, dtype, rtol, mesh) -> list[dict
     if workers > 1:
         # Each bucket's first job before its others: a kernel compiles (or loads)
         # once, not in two threads at a time; different buckets' kernels load side by side.
-        firsts = {(n, width): i for i, (_, _, n, width, _) in reversed(list(enumerate(jobs)))}
-        order = sorted(firsts.values()) + [i for i in range(len(jobs)) if i not in firsts.values()]
+        firsts, rest, seen = [], [], set()
+        for i, (_, _, n, width, _) in enumerate(jobs):
+            (rest if (n, width) in seen else firsts).append(i)
+            seen.add((n, width))
         outs = [None] * len(jobs)
         with concurrent.futures.ThreadPoolExecutor(workers, "affjax-score") as pool:
-            for lot in (order[: len(firsts)], order[len(firsts) :]):
+            for lot in (firsts, rest):
                 for i, out in zip(lot, pool.map(run, [jobs[i] for i in lot]), strict=True):
                     outs[i] = out  # the first error is raised here
     else:

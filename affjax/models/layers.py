@@ -125,7 +125,7 @@ def reduce_record(x: jax.Array, y: jax.Array, axes: tuple[int, ...]) -> dict:
 
     On DenseNet-121 at batch 64 (2-core CPU, forward 3.1-3.5 s) that took the cost
     of recording from 1.6-1.7 s (a four-output reduction over ``H, W``) to
-    0.6-0.8 s. Half-precision activations are averaged in float32; counts are
+    about 0.8 s. Half-precision activations are averaged in float32; counts are
     int32, so exact.
     """
     if not axes or x.shape != y.shape:
