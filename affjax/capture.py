@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -371,11 +371,13 @@ def _walk(tree: Mapping, path: tuple[str, ...] = ()):
             yield from _walk(value, (*path, name))
 
 
-def _chunked(fn, inputs, n: int, chunk_size: int | None, progress, mesh=None) -> list:
+def _chunked(fn, inputs, n: int, chunk_size: int | None, progress, mesh=None, on_shapes=None):
     """``fn(chunk)`` on the host for every chunk of ``inputs`` (pytree, batch-leading).
 
     With a ``mesh``, chunks are padded to a multiple of its ``"data"`` size and
     put split over it; the padded rows are sliced off the gathered results.
+    ``on_shapes(out)`` gets the shapes of ``fn``'s output (``jax.eval_shape``,
+    whose trace the call then reuses) before the first chunk is compiled and run.
     """
     step = n if not chunk_size else min(chunk_size, n)
     if mesh is not None:
@@ -400,9 +402,11 @@ def _chunked(fn, inputs, n: int, chunk_size: int | None, progress, mesh=None) ->
             chunk = jax.tree.map(
                 lambda c, a, m=m: jnp.concatenate([c, _to_device(a[: step - m])]), chunk, inputs
             )
-            state = jax.tree.map(lambda a, m=m: a[:m] if a.ndim else a, fn(chunk))
-        else:
-            state = fn(chunk)
+        if start == 0 and on_shapes is not None:
+            on_shapes(jax.eval_shape(fn, chunk))
+        state = fn(chunk)
+        if m < step:
+            state = jax.tree.map(lambda a, m=m: a[:m] if a.ndim else a, state)
         out.append(jax.device_get(state))
         if progress is not None:
             progress(min(start + step, n), n)
@@ -431,8 +435,8 @@ def _make_call(key, k, kind, functional, path, recs) -> Call:
     )
 
 
-def _capture_sites(fn, inputs, n, chunk_size, functional, progress, mesh=None) -> list[Call]:
-    chunks = _chunked(fn, inputs, n, chunk_size, progress, mesh)
+def _capture_sites(fn, inputs, n, chunk_size, functional, progress, mesh, on_shapes):
+    chunks = _chunked(fn, inputs, n, chunk_size, progress, mesh, on_shapes)
     per_chunk = [
         {(path, name, k): r for path, name, recs in _walk(c) for k, r in enumerate(recs)}
         for c in chunks
@@ -470,6 +474,7 @@ def capture(
     rngs: Mapping | None = None,
     forward_precision: str = "highest",
     mesh: jax.sharding.Mesh | None = None,
+    on_shapes: Callable[[Any], None] | None = None,
 ) -> list[Call]:
     """Runs ``module`` on ``inputs`` and returns every selected call in execution order.
 
@@ -499,6 +504,11 @@ def capture(
         mesh: run the forward split over this mesh's ``"data"`` axis
             (:mod:`affjax.devices`); variables, array keywords and rngs are
             replicated. ``None``: one device.
+        on_shapes: called with the shapes of the first chunk's raw records
+            (a pytree of ``jax.ShapeDtypeStruct``) before its forward is
+            compiled and run; :func:`affjax.signature.signature` starts
+            preparing the score kernels there, beside the forward pass. It
+            should return quickly. Not called with a ``mesh``.
 
     Returns:
         :class:`Call` list in execution order, one per reference key: a
@@ -528,7 +538,7 @@ def capture(
             static_kwargs=static,
             forward_precision=forward_precision,
         )
-        return _capture_sites(fn, inputs, n, chunk_size, functional, progress, mesh)
+        return _capture_sites(fn, inputs, n, chunk_size, functional, progress, mesh, on_shapes)
     forward = _jit(_forward, module, ("static_kwargs", "forward_precision"))
     # A zoo model's forward comes from a stored trace when there is one (affjax.traces).
     stored = None
@@ -556,7 +566,7 @@ def capture(
             forward_precision=forward_precision,
         )  # fmt: skip
 
-    chunks = _chunked(fn, inputs, n, chunk_size, progress, mesh)
+    chunks = _chunked(fn, inputs, n, chunk_size, progress, mesh, on_shapes)
     # The numbers are trace-time constants: every chunk returns the same ones.
     order = _order_of(chunks[0][1])
     if order is None:

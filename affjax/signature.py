@@ -9,9 +9,11 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import json
+import logging
 import os
+import threading
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import flax.linen as nn
@@ -52,6 +54,8 @@ METRICS = (
     "r2_score",
 )
 REDUCTIONS = ("reference", "channels")
+
+log = logging.getLogger(__name__)
 
 
 def ill_posed_metrics(n: int, d: int, rec: dict) -> list[str]:
@@ -221,12 +225,13 @@ def _score_group_sharded(xs, ys, xs32, ys32, dims, *, wanted, solver, rtol, mesh
     )
 
 
-def _stored_or_jit(name: str, jitted, args: tuple, **static):
-    """``jitted(*args, **static)``, through its stored trace when there is one
-    (:mod:`affjax.traces`): a new process then neither traces nor lowers it."""
+def _stored(name: str, jitted, args: tuple, static: dict):
+    """The call standing for ``jitted(*args, **static)``: its stored trace when there is
+    one (:mod:`affjax.traces`; a new process then neither traces nor lowers it), else
+    ``jitted`` itself; ``None`` for a function that is not jitted (a test's wrapper)."""
     inner = getattr(jitted, "__wrapped__", None)
-    if inner is None:  # not a jitted function (a test's wrapper): call it as it is
-        return jitted(*args, **static)
+    if inner is None:
+        return None
     call = traces.exported(
         name,
         functools.partial(inner, **static),
@@ -234,7 +239,25 @@ def _stored_or_jit(name: str, jitted, args: tuple, **static):
         static=json.dumps(sorted(static.items())),
         namedtuples=(score_lib.MappedPoints,),
     )
+    return functools.partial(jitted, **static) if call is None else call
+
+
+def _stored_or_jit(name: str, jitted, args: tuple, **static):
+    """``jitted(*args, **static)``, through its stored trace when there is one."""
+    call = _stored(name, jitted, args, static)
     return jitted(*args, **static) if call is None else call(*args)
+
+
+def _compiled(name: str, jitted, args: tuple, **static):
+    """Traces (or loads), lowers and compiles what :func:`_stored_or_jit` would call on
+    arguments of these shapes (``jax.ShapeDtypeStruct``), without running it. A later
+    call on real arrays then finds it compiled. ``None`` for a function not jitted."""
+    call = _stored(name, jitted, args, static)
+    if call is None:
+        return None
+    if isinstance(call, functools.partial):
+        return jitted.lower(*args, **static).compile()
+    return call.lower(*args).compile()
 
 
 def _match_on_host(out: dict, rtol: float) -> dict:
@@ -293,6 +316,139 @@ def score_calls(
         return _score_calls(calls, reduce, metrics, solver, dtype, rtol, mesh)
 
 
+def _kernel_plan(widths: dict, wanted: tuple[str, ...], mesh) -> dict:
+    """``(n, bucket) -> (calls per kernel call, metrics)`` for calls of these widths.
+
+    ``widths``: ``(n, bucket) -> [d of each call]``. r2 is computed in a bucket
+    only when one of its calls is well-posed (n > d + 1); an ill-posed r2 is
+    recorded as NaN, and its SVD of the ``[n, d]`` features was a fifth of
+    DenseNet-121's scoring time at n = 256. ``vmap`` pays on accelerators; on
+    the CPU it only adds compiles (``eigh`` and the host solver loop over the
+    stack anyway), so there a kernel scores one call at a time.
+    """
+    stack = 1 if jax.default_backend() == "cpu" else 16
+    k = 1 if mesh is None else devices_lib.device_count(mesh)
+    plan = {}
+    for (n, width), ds in widths.items():
+        posed = any(n > d + 1 for d in ds)
+        group_wanted = wanted if posed else tuple(m for m in wanted if m != "r2_score")
+        per_call = max(n * n, n * width, width * width) * 8 * 4
+        step = k * max(1, min(stack, _MAX_GROUP_BYTES // per_call))  # calls per device * k
+        plan[(n, width)] = (step, group_wanted)
+    return plan
+
+
+def _record_widths(raw, n: int, reduce: str) -> dict:
+    """``(n, bucket) -> [d]`` of every ``[m, d] -> [m, d]`` record in a capture's raw
+    output (the shapes :func:`affjax.capture.capture` hands ``on_shapes``)."""
+    widths = defaultdict(list)
+
+    def walk(tree):
+        if isinstance(tree, Mapping):
+            if "x" in tree and "y" in tree:
+                x, y = tree["x"], tree["y"]
+                if reduce == "channels" and "x_channels" in tree:
+                    x, y = tree["x_channels"], tree["y_channels"]
+                if np.ndim(x) == 2 and np.shape(x) == np.shape(y):
+                    widths[(n, _bucket(np.shape(x)[1]))].append(np.shape(x)[1])
+            else:
+                for v in tree.values():
+                    walk(v)
+        elif isinstance(tree, (list, tuple)):
+            for v in tree:
+                walk(v)
+
+    walk(raw)
+    return dict(widths)
+
+
+def _prepare_kernels(plan: dict, solver: str, dtype: str, rtol: float) -> None:
+    """Compiles (or loads from the caches) the score kernels of ``plan`` without running them.
+
+    Buckets compile side by side (:func:`_score_workers` threads; XLA compiles
+    outside the GIL, and JAX compiles a kernel two threads ask for at once once).
+    """
+
+    def prepare(item):
+        (n, width), (step, group_wanted) = item
+        with precision_lib.scope(dtype):
+            wide = np.dtype(precision_lib.dtype_of(dtype))
+            args = tuple(jax.ShapeDtypeStruct((step, n, width), dt) for dt in (wide, wide))
+            args += tuple(jax.ShapeDtypeStruct((step, n, width), np.float32) for _ in range(2))
+            args += (jax.ShapeDtypeStruct((step,), np.int32),)
+            static = dict(wanted=group_wanted, solver=solver, rtol=rtol)
+            compiled = _compiled("signature._score_group", _score_group, args, **static)
+            points = None if compiled is None else compiled.out_info.get("points")
+            if points:
+                # Host arrays, as _match_on_host passes them: no device placement.
+                points = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), points)
+                perms = {
+                    k: jax.ShapeDtypeStruct(v.t.shape[:-1], np.int32) for k, v in points.items()
+                }
+                _compiled("signature._finish_group", _finish_group, (points, perms), rtol=rtol)
+
+    with concurrent.futures.ThreadPoolExecutor(_score_workers(len(plan)), "affjax-kernels") as pool:
+        list(pool.map(prepare, plan.items()))
+
+
+def _prepare_ahead() -> bool:
+    """Whether :func:`signature` prepares score kernels during the forward
+    (:class:`_KernelPreparer`): by default where the forward runs on an
+    accelerator; ``AFFJAX_PREPARE_KERNELS=on`` or ``off`` decides instead."""
+    env = os.environ.get("AFFJAX_PREPARE_KERNELS", "").strip().lower()
+    if not env:
+        return jax.default_backend() != "cpu"
+    if env in ("1", "on", "true", "yes"):
+        return True
+    if env in ("0", "off", "false", "no"):
+        return False
+    raise SignatureError(
+        f"AFFJAX_PREPARE_KERNELS={env!r} is neither on nor off; unset it for the default"
+    )
+
+
+class _KernelPreparer:
+    """Prepares a signature's score kernels in threads while its forward pass compiles and runs.
+
+    A signature's first scores wait on tracing, lowering and compiling (or loading
+    from the caches) one kernel per width bucket, and the widths are known once
+    the forward is traced. On an accelerator the host's cores idle while the
+    device runs the forward, so the kernels can be ready by the time it ends.
+    On a 2-core CPU they do not idle: XLA:CPU's compiles and the forward each
+    keep both cores busy. There, at batch 256 with an empty cache, preparing
+    ahead took the scoring after resnet18's forward from 9.3 s to 1 s, but the
+    whole first call stayed within the noise (16-21 s either way;
+    benchmarks/README.md), so on the CPU it is off
+    (:func:`_prepare_ahead`). An optimisation only: a failure here is logged,
+    and scoring then compiles what it needs as it always does.
+    """
+
+    def __init__(self, n: int, reduce: str, metrics, solver: str, dtype: str, rtol: float):
+        wanted = tuple(m for m in METRICS if m in metrics)
+        self._args = (n, reduce, wanted, assignment.resolve_solver(solver), dtype, rtol)
+        self._thread: threading.Thread | None = None
+
+    def start(self, raw) -> None:
+        """``capture``'s ``on_shapes``: starts preparing, and returns at once."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, args=(raw,), name="affjax-kernels", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self, raw) -> None:
+        n, reduce, wanted, solver, dtype, rtol = self._args
+        try:
+            plan = _kernel_plan(_record_widths(raw, n, reduce), wanted, None)
+            _prepare_kernels(plan, solver, dtype, rtol)
+        except Exception as err:  # noqa: BLE001 - scoring compiles what it needs anyway
+            log.info("affjax: score kernels not prepared ahead (%s: %s)", type(err).__name__, err)
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+
 def _score_calls(calls, reduce, metrics, solver, dtype, rtol, mesh) -> list[dict]:
     if reduce not in REDUCTIONS:
         raise SignatureError(f"unknown reduce {reduce!r}; choose one of {REDUCTIONS}")
@@ -300,7 +456,6 @@ def _score_calls(calls, reduce, metrics, solver, dtype, rtol, mesh) -> list[dict
     if unknown:
         raise SignatureError(f"unknown metrics {sorted(unknown)}; choose from {METRICS}")
     solver = assignment.resolve_solver(solver)
-    jdtype = precision_lib.dtype_of(dtype)
 
     def features(c: Call):
         if reduce == "channels" and c.x_channels is not None:
@@ -331,19 +486,14 @@ def _score_calls(calls, reduce, metrics, solver, dtype, rtol, mesh) -> list[dict
 
     wanted = tuple(m for m in METRICS if m in metrics)
     results: list[dict] = [{} for _ in calls]
-    # vmap pays on accelerators; on the CPU it only adds compiles (eigh and the
-    # host solver loop over the stack anyway), so score one call at a time there.
     cpu = jax.default_backend() == "cpu"
-    stack = 1 if cpu else 16
-    k = 1 if mesh is None else devices_lib.device_count(mesh)
+    widths = {key: [features(calls[i])[0].shape[1] for i in idx] for key, idx in groups.items()}
+    plan = _kernel_plan(widths, wanted, mesh)
     jobs = []  # (calls scored, stack size, n, width, metrics); inputs are built as they run
     for (n, width), idx in groups.items():
-        r2_posed = any(n > features(calls[i])[0].shape[1] + 1 for i in idx)
-        group_wanted = wanted if r2_posed else tuple(m for m in wanted if m != "r2_score")
         if n < 2:
             raise SignatureError(f"need at least 2 images to score, got {n}")
-        per_call = max(n * n, n * width, width * width) * 8 * 4
-        step = k * max(1, min(stack, _MAX_GROUP_BYTES // per_call))  # calls per device * k
+        step, group_wanted = plan[(n, width)]
         for start in range(0, len(idx), step):
             jobs.append((idx[start : start + step], step, n, width, group_wanted))
 
@@ -359,7 +509,7 @@ def _score_calls(calls, reduce, metrics, solver, dtype, rtol, mesh) -> list[dict
             dims[j] = fx.shape[1]
         static = dict(wanted=group_wanted, solver=solver, rtol=rtol)
         with precision_lib.scope(dtype):  # thread-local: entered by the thread that scores
-            wide = np.dtype(jdtype)  # cast here: jnp would compile a conversion per shape
+            wide = np.dtype(precision_lib.dtype_of(dtype))  # jnp would compile a cast per shape
             args = (x32.astype(wide), y32.astype(wide), x32, y32, dims)
             if mesh is None:
                 args = tuple(jax.device_put(args))  # (jnp.asarray compiles a copy per shape)
@@ -583,6 +733,10 @@ def signature(
     records: list[dict] = []
     if assignment.resolve_solver(solver) == "host":
         host.prefetch()  # the solver's import runs beside the forward pass
+    # The score kernels are traced, lowered and loaded (or compiled) beside it too.
+    kernels = None
+    if mesh is None and _prepare_ahead():
+        kernels = _KernelPreparer(n, reduce, metrics, solver, dtype, rtol)
     try:
         calls = capture_lib.capture(
             module,
@@ -597,9 +751,13 @@ def signature(
             rngs=rngs,
             forward_precision=forward_precision,
             mesh=mesh,
+            on_shapes=None if kernels is None else kernels.start,
         )
     except sites_lib.SiteError as err:
         raise SignatureError(str(err)) from None
+    finally:
+        if kernels is not None:
+            kernels.join()  # scoring must not compile a kernel the thread is compiling
     if not calls and sites is None and not functional:
         # capture left the order it numbered in call_order's memo: no second trace
         order = capture_lib.call_order(module, inputs, apply_kwargs, rngs)

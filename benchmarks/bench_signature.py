@@ -19,7 +19,8 @@ child holding the records, split into ``import`` (interpreter start and imports)
 state_dict file as the CLI does it, with the converted-weights cache in the run's
 folder: empty in the first child, which imports torch, converts and stores; warm
 in the cached start, which reads the Flax variables and never imports torch) and
-``first`` (the first signature call). ``warm`` is the median of
+``first`` (the first signature call; ``of it, scores``: from the end of its forward
+pass, as its ``progress`` callback reports it, to the records). ``warm`` is the median of
 the later calls in the same child. ``compile`` is first minus warm; the child also
 counts XLA compilations through ``jax.monitoring`` (the backend-compile duration
 event, per function name), so "one forward and one score kernel per width bucket"
@@ -203,13 +204,16 @@ def _child_affjax(spec: dict) -> dict:
     n = images.shape[0]
     chunk = spec["chunk_size"]
 
-    def sig():
+    def sig(progress=None):
         return affjax.signature(
-            module, variables, images, metrics=spec["metrics"], chunk_size=chunk
-        ).records()
+            module, variables, images, metrics=spec["metrics"], chunk_size=chunk,
+            progress=progress,
+        ).records()  # fmt: skip
 
-    records = sig()
+    chunks_done = []  # the forward's end: its last chunk's records are on the host
+    records = sig(progress=lambda done, total: chunks_done.append(time.time()))
     t["first"] = time.time()
+    t["first_forward"] = chunks_done[-1]
     out = {"times": t, "compiles_first": compiles.summary()}
     out["weights_cache_hit"] = loaded.cached
     out["torch_imported"] = "torch" in sys.modules
@@ -331,6 +335,9 @@ def _run_child(role: str, spec: dict, tmp: Path, tag: str, device: str, timeout:
     out["load_s"] = t["load"] - t["import"]
     out["first_s"] = t["first"] - t["load"]
     out["cold_s"] = t["first"] - launch
+    if "first_forward" in t:  # affjax: the first call's forward, then its scores
+        out["first_forward_s"] = t["first_forward"] - t["load"]
+        out["first_scores_s"] = t["first"] - t["first_forward"]
     if "warm_s" in out:
         out["compile_s"] = out["first_s"] - out["warm_s"]
     return out
@@ -445,6 +452,7 @@ _COLS = [
     ("import", "import_s"),
     ("load", "load_s"),
     ("first", "first_s"),
+    ("of it, scores", "first_scores_s"),
     ("warm s", "warm_s"),
     ("compile s", "compile_s"),
     ("forward s", "forward_s"),

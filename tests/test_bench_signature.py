@@ -46,6 +46,10 @@ def test_tiny_run_writes_every_field(tmp_path):
         assert run["cold_s"] == pytest.approx(run["import_s"] + run["load_s"] + run["first_s"])
         assert run["peak_rss_bytes"] > 100 * 2**20, tag  # jax or torch alone is more than that
     cold, cached, ref = runs["affjax_cold"], runs["affjax_cached"], runs["reference"]
+    for run in (cold, cached):  # the first call split at its forward's end
+        assert 0 < run["first_scores_s"] < run["first_s"]
+        assert run["first_forward_s"] + run["first_scores_s"] == pytest.approx(run["first_s"])
+    assert "first_scores_s" not in ref
     assert ref["forward_s"] > 0 and cold["forward_s"] > 0 and cold["warm_s"] > 0
     assert cold["compile_s"] == pytest.approx(cold["first_s"] - cold["warm_s"])
     # Compiles were counted; no kernel compiled more than once per width bucket; the

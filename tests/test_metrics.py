@@ -160,3 +160,67 @@ def test_scoring_threads_give_one_threads_records_and_compile_each_kernel_once(
     monkeypatch.setenv("AFFJAX_SCORE_WORKERS", "two")
     with pytest.raises(signature_lib.SignatureError, match="AFFJAX_SCORE_WORKERS='two'"):
         signature_lib.score_calls(calls, metrics=metrics_)
+
+
+def test_kernels_prepared_beside_the_forward_give_the_same_records(monkeypatch, tmp_path, caplog):
+    # With AFFJAX_PREPARE_KERNELS=on (the default on accelerators), every score
+    # kernel is compiled once, by the threads that prepare them while the forward
+    # runs, none later by the scoring; the records equal the plain run's to the
+    # bit; a failing preparation only logs.
+    import importlib
+    import threading
+
+    import flax.linen as nn
+
+    from affjax import signature, traces
+    from affjax.models import layers
+
+    class Widths(nn.Module):
+        # Six calls in five width buckets: 8, 32 (24, 30), 48, 64, 128 (80). Above
+        # 2n = 58 the points have 58 coordinates: 64 and 128 share a finishing kernel.
+        @nn.compact
+        def __call__(self, x):
+            for d in (8, 24, 40, 30, 64, 80):
+                x = layers.Activation("ReLU", torch_layout="same")(nn.Dense(d)(x))
+            return x
+
+    signature_lib = importlib.import_module("affjax.signature")
+    monkeypatch.setattr(traces, "directory", lambda: tmp_path / "traces")
+    model = Widths()
+    x = np.random.default_rng(0).normal(size=(29, 5)).astype(np.float32)  # n = 29: new shapes
+    variables = model.init(jax.random.key(0), x)
+    metrics_ = ("aff_score", "aff_score_corrected", "cka_score", "r2_score")
+    compiled, listening = [], [True]
+
+    def on_compile(event, secs, **kwargs):
+        name = str(kwargs.get("fun_name"))
+        if listening[0] and event == "/jax/core/compile/backend_compile_duration":
+            if name in ("jit(_score_group)", "jit(_finish_group)"):
+                compiled.append((name, threading.current_thread().name.split("_")[0]))
+
+    jax.monitoring.register_event_duration_secs_listener(on_compile)
+    monkeypatch.setenv("AFFJAX_PREPARE_KERNELS", "on")
+    try:
+        ahead = signature(model, variables, x, metrics=metrics_).records()
+    finally:
+        listening[0] = False
+    kernels = [("jit(_finish_group)", "affjax-kernels")] * 4
+    kernels += [("jit(_score_group)", "affjax-kernels")] * 5
+    assert sorted(compiled) == kernels, compiled
+    monkeypatch.setenv("AFFJAX_PREPARE_KERNELS", "off")
+    plain = signature(model, variables, x, metrics=metrics_).records()
+    assert [r["d"] for r in plain] == [8, 24, 40, 30, 64, 80]
+    assert all(r["status"] == "ok" and np.isfinite(r["aff_score"]) for r in plain)
+    np.testing.assert_equal(ahead, plain)
+
+    def broken(*args):
+        raise RuntimeError("no compiler today")
+
+    monkeypatch.setattr(signature_lib, "_prepare_kernels", broken)
+    monkeypatch.setenv("AFFJAX_PREPARE_KERNELS", "on")
+    with caplog.at_level("INFO", logger="affjax.signature"):
+        np.testing.assert_equal(signature(model, variables, x, metrics=metrics_).records(), plain)
+    assert "not prepared ahead (RuntimeError: no compiler today)" in caplog.text
+    monkeypatch.setenv("AFFJAX_PREPARE_KERNELS", "sometimes")
+    with pytest.raises(signature_lib.SignatureError, match="AFFJAX_PREPARE_KERNELS='sometimes'"):
+        signature(model, variables, x, metrics=metrics_)
