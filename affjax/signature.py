@@ -65,13 +65,18 @@ def ill_posed_metrics(n: int, d: int, rec: dict) -> list[str]:
       intercept. With ``n <= d + 1`` samples the fit is exact in exact arithmetic
       and the number returned depends only on the rank cutoff and the dtype (the
       published float32 code gave 0.40 where float64 gives 0.86 on one DenseNet
-      layer), so it is not comparable across tools or runs.
+      layer), so it is not comparable across tools or runs. Likewise when a
+      singular value of the centred inputs lies within a factor
+      :data:`~affjax.metrics.R2_CLEARANCE` of the cutoff (``rec["r2_clearance"]``,
+      :func:`~affjax.metrics.r2_with_clearance`): round-off then decides which
+      directions the fit keeps.
     * ``cka_score``: undefined (0 / 0) when the input or the output is constant
       over the batch.
     """
     bad = []
-    if "r2_score" in rec and n <= d + 1:
-        bad.append("r2_score")
+    if "r2_score" in rec:
+        if n <= d + 1 or rec.get("r2_clearance", np.inf) < metrics_lib.R2_CLEARANCE:
+            bad.append("r2_score")
     if "cka_score" in rec and not np.isfinite(rec["cka_score"]) and rec.get("finite", True):
         bad.append("cka_score")
     return bad
@@ -191,7 +196,7 @@ def _score_group(xs, ys, xs32, ys32, dims, *, wanted: tuple[str, ...], solver: s
         if "norm_diff" in wanted:
             out["norm_diff"] = metrics_lib.norm_diff(x, y)
         if "r2_score" in wanted:
-            out["r2_score"] = metrics_lib.r2(x, y, dim=dim)
+            out["r2_score"], out["r2_clearance"] = metrics_lib.r2_with_clearance(x, y, dim=dim)
         return out
 
     return jax.vmap(one)(xs, ys, xs32, ys32, dims)
@@ -561,7 +566,8 @@ def _score_calls(calls, reduce, metrics, solver, dtype, rtol, mesh) -> list[dict
         for extra in ("w2", "gap"):
             if extra in r:
                 rec[extra] = float(r[extra])
-        ill = ill_posed_metrics(rec["n"], rec["d"], {**rec, "finite": r.get("finite", True)})
+        checks = {"finite": r.get("finite", True), "r2_clearance": r.get("r2_clearance", np.inf)}
+        ill = ill_posed_metrics(rec["n"], rec["d"], {**rec, **checks})
         for m in ill:
             rec[m] = float("nan")
         rec["ill_posed"] = " ".join(ill)

@@ -77,6 +77,59 @@ def test_r2_constant_output_conventions():
         assert float(metrics.r2(x, y)) == 1.0  # constant output, perfectly predicted
 
 
+def _with_singular_values(s, n, seed):
+    """``[n, len(s)]`` inputs whose centred matrix has exactly the singular values ``s``
+    (orthonormal factors, the left one orthogonal to the ones vector), plus an offset."""
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(n, len(s)))
+    u, _ = np.linalg.qr(a - a.mean(0))
+    v, _ = np.linalg.qr(rng.normal(size=(len(s), len(s))))
+    return (u * np.asarray(s)) @ v.T + 5.0
+
+
+@pytest.mark.parametrize(
+    "s,clearance",
+    [
+        ([2.0, 0.5, 3e-6, 0.0], 1.5),  # 3e-6 against the cutoff 1e-6 * 2: 1.5x above it
+        ([2.0, 0.5, 3e-3, 0.0], 1500.0),
+        ([2.0, 0.5, 1e-9, 1e-3], 500.0),  # 1e-9 is 2000x below, 1e-3 500x above
+    ],
+)
+def test_r2_clearance_is_the_distance_of_the_singular_values_from_the_cutoff(s, clearance):
+    # Closed form: min_i max(s_i / c, c / s_i), c = R2_RCOND * s_max; the exact 0 is
+    # infinitely far. float64: the s_i carry ~1e-16 * s_max, 1e-10 of 3e-6.
+    x = _with_singular_values(s, 40, 1)
+    y = np.maximum(x, 5.0)
+    with jax.enable_x64(True):
+        r2, got = metrics.r2_with_clearance(x, y)
+        assert float(got) == pytest.approx(clearance, rel=1e-8)
+        assert float(r2) == float(metrics.r2(x, y))
+
+
+def test_r2_is_ill_posed_when_round_off_decides_the_rank(monkeypatch):
+    # Float32 features, as captured: a singular value at the cutoff (1e-6 of the
+    # largest; float32 rounding moves it by ~1e-7 of the largest) leaves r2 to
+    # round-off, so it is NaN and named in ill_posed; a clear one (1e-2) is scored
+    # and equals numpy's least squares. Every other metric is scored in both.
+    import importlib
+
+    from affjax.capture import Call
+
+    signature_lib = importlib.import_module("affjax.signature")
+    calls = []
+    for name, small in (("near", 1e-6), ("clear", 1e-2)):
+        x = np.float32(_with_singular_values([3.0, 1.0, 0.5, small], 48, 2))
+        y = np.float32(np.maximum(x - 5.0, 0.0) + np.random.default_rng(4).normal(size=x.shape))
+        calls.append(Call(name, 0, "ReLU", False, (), x, y, None, None, 0.0, 0.0))
+    records = signature_lib.score_calls(calls, metrics=("aff_score", "cka_score", "r2_score"))
+    near, clear = records
+    assert np.isnan(near["r2_score"]) and near["ill_posed"] == "r2_score"
+    assert np.isfinite(near["aff_score"]) and np.isfinite(near["cka_score"])
+    assert clear["ill_posed"] == ""
+    want = _r2_lstsq(calls[1].x.astype(np.float64), calls[1].y.astype(np.float64))
+    assert clear["r2_score"] == pytest.approx(want, abs=1e-12)  # float64 both: round-off
+
+
 def _r2_lstsq(x, y):
     """R^2 of the least-squares fit with intercept, averaged over outputs (numpy lstsq)."""
     xc, yc = x - x.mean(0), y - y.mean(0)
