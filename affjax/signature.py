@@ -345,7 +345,11 @@ def _kernel_plan(widths: dict, wanted: tuple[str, ...], mesh) -> dict:
 
 def _record_widths(raw, n: int, reduce: str) -> dict:
     """``(n, bucket) -> [d]`` of every ``[m, d] -> [m, d]`` record in a capture's raw
-    output (the shapes :func:`affjax.capture.capture` hands ``on_shapes``)."""
+    output (the shapes :func:`affjax.capture.capture` hands ``on_shapes``).
+
+    Functional calls a signature leaves out are counted too: at worst a kernel
+    is prepared that scoring never calls, which costs host time only.
+    """
     widths = defaultdict(list)
 
     def walk(tree):
