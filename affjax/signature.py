@@ -371,16 +371,18 @@ def _record_widths(raw, n: int, reduce: str) -> dict:
     return dict(widths)
 
 
-def _prepare_kernels(plan: dict, solver: str, dtype: str, rtol: float) -> None:
+def _prepare_kernels(plan: dict, solver: str, dtype: str, rtol: float, device=None) -> None:
     """Compiles (or loads from the caches) the score kernels of ``plan`` without running them.
 
     Buckets compile side by side (:func:`_score_workers` threads; XLA compiles
     outside the GIL, and JAX compiles a kernel two threads ask for at once once).
+    ``device``: the ``jax.default_device`` scoring will run under (a compile is
+    for its devices).
     """
 
     def prepare(item):
         (n, width), (step, group_wanted) = item
-        with precision_lib.scope(dtype):
+        with precision_lib.scope(dtype), jax.default_device(device):
             wide = np.dtype(precision_lib.dtype_of(dtype))
             args = tuple(jax.ShapeDtypeStruct((step, n, width), dt) for dt in (wide, wide))
             args += tuple(jax.ShapeDtypeStruct((step, n, width), np.float32) for _ in range(2))
@@ -435,6 +437,7 @@ class _KernelPreparer:
     def __init__(self, n: int, reduce: str, metrics, solver: str, dtype: str, rtol: float):
         wanted = tuple(m for m in METRICS if m in metrics)
         self._args = (n, reduce, wanted, assignment.resolve_solver(solver), dtype, rtol)
+        self._device = jax.config.jax_default_device  # the caller's: contexts are per thread
         self._thread: threading.Thread | None = None
 
     def start(self, raw) -> None:
@@ -449,7 +452,7 @@ class _KernelPreparer:
         n, reduce, wanted, solver, dtype, rtol = self._args
         try:
             plan = _kernel_plan(_record_widths(raw, n, reduce), wanted, None)
-            _prepare_kernels(plan, solver, dtype, rtol)
+            _prepare_kernels(plan, solver, dtype, rtol, self._device)
         except Exception as err:  # noqa: BLE001 - scoring compiles what it needs anyway
             log.info("affjax: score kernels not prepared ahead (%s: %s)", type(err).__name__, err)
 
@@ -506,6 +509,8 @@ def _score_calls(calls, reduce, metrics, solver, dtype, rtol, mesh) -> list[dict
         for start in range(0, len(idx), step):
             jobs.append((idx[start : start + step], step, n, width, group_wanted))
 
+    device = jax.config.jax_default_device  # the caller's, in this thread
+
     def run(job) -> dict:
         chunk, step, n, width, group_wanted = job
         padded = chunk + [chunk[0]] * (step - len(chunk))  # one shape per bucket
@@ -517,7 +522,9 @@ def _score_calls(calls, reduce, metrics, solver, dtype, rtol, mesh) -> list[dict
             x32[j, :, : fx.shape[1]], y32[j, :, : fy.shape[1]] = fx, fy
             dims[j] = fx.shape[1]
         static = dict(wanted=group_wanted, solver=solver, rtol=rtol)
-        with precision_lib.scope(dtype):  # thread-local: entered by the thread that scores
+        # Thread-local settings, entered by the thread that scores: the dtype's x64,
+        # and the caller's jax.default_device (else a thread scores on device 0).
+        with precision_lib.scope(dtype), jax.default_device(device):
             wide = np.dtype(precision_lib.dtype_of(dtype))  # jnp would compile a cast per shape
             args = (x32.astype(wide), y32.astype(wide), x32, y32, dims)
             if mesh is None:

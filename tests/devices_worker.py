@@ -83,7 +83,50 @@ def main(out_dir: str) -> None:
         signature(module, variables, x, sites="Conv", devices="all", metrics=METRICS).records(),
     )
     res.update(run_cli(Path(out_dir)))
+    res.update(default_device_scoring(module, variables, x, one.records()))
     print(json.dumps(res))
+
+
+def default_device_scoring(module, variables, x, plain: list[dict]) -> dict:
+    """A signature under ``jax.default_device(device 2)`` with the score kernels prepared
+    ahead, scored from the main thread (the accelerator path) and from two threads:
+    where the kernels ran, which threads compiled them, and the records' difference."""
+    import importlib
+    import os
+    import threading
+
+    signature_lib = importlib.import_module("affjax.signature")
+    target = jax.devices()[2]
+    placed, compiled = set(), []
+    stored_or_jit = signature_lib._stored_or_jit
+
+    def spy(name, jitted, args, **static):
+        if name.endswith("_score_group"):
+            placed.update(d.id for d in args[0].devices())
+        return stored_or_jit(name, jitted, args, **static)
+
+    def on_compile(event, secs, **kwargs):
+        name = str(kwargs.get("fun_name"))
+        if event == "/jax/core/compile/backend_compile_duration" and "_group" in name:
+            compiled.append(threading.current_thread().name.split("_")[0])
+
+    signature_lib._stored_or_jit = spy
+    jax.monitoring.register_event_duration_secs_listener(on_compile)
+    out = {}
+    os.environ["AFFJAX_PREPARE_KERNELS"] = "on"
+    for workers in ("1", "2"):
+        os.environ["AFFJAX_SCORE_WORKERS"] = workers
+        placed.clear()
+        compiled.clear()
+        with jax.default_device(target):
+            got = signature(module, variables, x, metrics=METRICS).records()
+        out[f"default_device_{workers}"] = {
+            "placed": sorted(placed),
+            "compiled_by": sorted(set(compiled)),
+            "compiles": len(compiled),
+            "diff": max_diff(got, plain),
+        }
+    return out
 
 
 def run_cli(tmp: Path) -> dict:

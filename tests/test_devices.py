@@ -73,6 +73,20 @@ def test_cli_devices_end_to_end(four_devices):
     assert four_devices["cli_diff"] <= 1e-12  # vs the API on one device, chunks of 2
 
 
+def test_scoring_follows_the_callers_default_device(four_devices):
+    # Thread-local jax.default_device reaches the scoring and preparing threads. Scored
+    # from the main thread: the kernels ran on device 2 and were compiled by the
+    # preparing threads only (for that device: scoring compiled nothing again). Then
+    # from two threads: on device 2 too, reusing those kernels. Records are the
+    # device-0 ones to the bit.
+    one, two = four_devices["default_device_1"], four_devices["default_device_2"]
+    assert one["compiled_by"] == ["affjax-kernels"] and one["compiles"] >= 2, one
+    assert two["compiles"] == 0, two
+    for got in (one, two):
+        assert got["placed"] == [2], got
+        assert got["diff"] == 0.0, got
+
+
 def test_mesh_for():
     n = len(jax.local_devices())
     assert devices.mesh_for(None).devices.shape == (1,)
