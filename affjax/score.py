@@ -133,12 +133,20 @@ def from_matching(
     converged=True,
     rtol: float = 1e-6,
 ) -> AffinityResult:
-    """Steps 4-5 given a matching ``perm`` of ``points.t`` to ``points.y`` (traceable).
+    """Steps 4-5 given a matching ``perm`` of ``points.t`` to ``points.y``.
 
     W2 is summed from the matched pairs; ``gap`` is the solver's certificate on
-    the matching's total (0 for an exact solver).
+    the matching's total (0 for an exact solver). Traceable on JAX arrays; on
+    numpy arrays (a host solver's points and matching, leading axes allowed) it
+    runs in numpy, where these few array operations need no compiled kernel.
     """
-    n = points.t.shape[0]
+    n = points.t.shape[-2]
+    if isinstance(points.t, np.ndarray):
+        w2 = costs.matched_cost(points.t, points.y, perm) / n
+        gap = np.broadcast_to(np.asarray(gap, w2.dtype) / n, w2.shape)
+        converged = np.broadcast_to(np.asarray(converged), w2.shape)
+        with np.errstate(divide="ignore", invalid="ignore"):  # flagged below, as in JAX
+            return _finish(points, w2, gap, converged, rtol, np)
     with precision_lib.matmul_scope("highest"):
         w2 = costs.matched_cost(points.t, points.y, perm) / n
     return _finish(points, w2, jnp.asarray(gap, w2.dtype) / n, jnp.asarray(converged), rtol)
@@ -173,11 +181,11 @@ def _solve(points: MappedPoints, *, solver, rtol) -> AffinityResult:
     return _finish(points, w2, gap, converged, rtol)
 
 
-def _finish(points: MappedPoints, w2, gap, converged, rtol) -> AffinityResult:
-    score = 1.0 - jnp.sqrt(w2 / points.normaliser)
+def _finish(points: MappedPoints, w2, gap, converged, rtol, xp=jnp) -> AffinityResult:
+    score = 1.0 - xp.sqrt(w2 / points.normaliser)
     ok = points.finite & converged
-    score = jnp.where(ok, score, jnp.nan)
-    w2 = jnp.where(ok, w2, jnp.nan)
+    score = xp.where(ok, score, xp.nan)
+    w2 = xp.where(ok, w2, xp.nan)
     # A certificate means what it says: the auction's eps floor (64 ulps of the
     # cost scale) can end a float32 solve with gap above rtol * w2.
     certified = ok & (gap <= rtol * w2)

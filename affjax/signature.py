@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from affjax import capture as capture_lib
-from affjax import compilation_cache, reports, traces, xla_options
+from affjax import compilation_cache, reports, switches, traces, xla_options
 from affjax import devices as devices_lib
 from affjax import metrics as metrics_lib
 from affjax import precision as precision_lib
@@ -162,7 +162,7 @@ def _score_group(xs, ys, xs32, ys32, dims, *, wanted: tuple[str, ...], solver: s
 
     With ``solver="host"`` the scores stop before the assignment: ``out["points"]``
     holds each score's :class:`~affjax.score.MappedPoints`, which the host matches
-    and :func:`_finish_group` turns into scores. No callback sits inside the
+    and :func:`_finish_on_host` turns into scores. No callback sits inside the
     graph, so XLA can cache it on disk and its threads do not compete with the
     host BLAS while scipy runs.
     """
@@ -202,19 +202,17 @@ def _score_group(xs, ys, xs32, ys32, dims, *, wanted: tuple[str, ...], solver: s
     return jax.vmap(one)(xs, ys, xs32, ys32, dims)
 
 
-@functools.partial(jax.jit, static_argnames=("rtol",))
-def _finish_group(points: dict, perms: dict, *, rtol: float) -> dict:
-    """The scores of :func:`_score_group`'s ``points`` from the host's matchings, vmapped."""
-
-    def one(points, perms):
-        out = {}
-        for name, _, suffix in _SCORES:
-            if name in points:
-                r = score_lib.from_matching(points[name], perms[name], rtol=rtol)
-                out.update(_score_fields(name, suffix, r))
-        return out
-
-    return jax.vmap(one)(points, perms)
+def _finish_on_host(points: dict, perms: dict, rtol: float) -> dict:
+    """The scores of :func:`_score_group`'s host ``points`` ``[L, n, k]`` from the host's
+    matchings, in numpy: a sum of matched squared distances and a square root per call
+    need no compiled kernel (one would cost a compile, or a load from the cache, per
+    width bucket: about 0.2 s each on a 2-core CPU)."""
+    out = {}
+    for name, _, suffix in _SCORES:
+        if name in points:
+            r = score_lib.from_matching(points[name], perms[name], rtol=rtol)
+            out.update(_score_fields(name, suffix, r))
+    return out
 
 
 @functools.partial(jax.jit, static_argnames=("wanted", "solver", "rtol", "mesh"))
@@ -231,20 +229,19 @@ def _score_group_sharded(xs, ys, xs32, ys32, dims, *, wanted, solver, rtol, mesh
 
 
 def _stored(name: str, jitted, args: tuple, static: dict):
-    """The call standing for ``jitted(*args, **static)``: its stored trace when there is
-    one (:mod:`affjax.traces`; a new process then neither traces nor lowers it), else
-    ``jitted`` itself; ``None`` for a function that is not jitted (a test's wrapper)."""
+    """The stored trace standing for ``jitted(*args, **static)`` (:mod:`affjax.traces`;
+    a new process then neither traces nor lowers it), or ``None`` when there is none
+    or ``jitted`` is not jitted (a test's wrapper)."""
     inner = getattr(jitted, "__wrapped__", None)
     if inner is None:
         return None
-    call = traces.exported(
+    return traces.exported(
         name,
         functools.partial(inner, **static),
         args,
         static=json.dumps(sorted(static.items())),
         namedtuples=(score_lib.MappedPoints,),
     )
-    return functools.partial(jitted, **static) if call is None else call
 
 
 def _stored_or_jit(name: str, jitted, args: tuple, **static):
@@ -253,16 +250,14 @@ def _stored_or_jit(name: str, jitted, args: tuple, **static):
     return jitted(*args, **static) if call is None else call(*args)
 
 
-def _compiled(name: str, jitted, args: tuple, **static):
+def _compiled(name: str, jitted, args: tuple, **static) -> None:
     """Traces (or loads), lowers and compiles what :func:`_stored_or_jit` would call on
     arguments of these shapes (``jax.ShapeDtypeStruct``), without running it. A later
-    call on real arrays then finds it compiled. ``None`` for a function not jitted."""
+    call on real arrays then finds it compiled. Nothing for a function not jitted."""
+    if getattr(jitted, "__wrapped__", None) is None:
+        return
     call = _stored(name, jitted, args, static)
-    if call is None:
-        return None
-    if isinstance(call, functools.partial):
-        return jitted.lower(*args, **static).compile()
-    return call.lower(*args).compile()
+    (jitted.lower(*args, **static) if call is None else call.lower(*args)).compile()
 
 
 def _match_on_host(out: dict, rtol: float) -> dict:
@@ -271,9 +266,7 @@ def _match_on_host(out: dict, rtol: float) -> dict:
     if not points:
         return out
     perms = {name: host.match_points(p.t, p.y) for name, p in points.items()}
-    finished = jax.device_get(
-        _stored_or_jit("signature._finish_group", _finish_group, (points, perms), rtol=rtol)
-    )
+    finished = _finish_on_host(points, perms, rtol)
     finished.pop("finite")  # the same inputs' check as out["finite"]
     out.update(finished)
     return out
@@ -388,15 +381,7 @@ def _prepare_kernels(plan: dict, solver: str, dtype: str, rtol: float, device=No
             args += tuple(jax.ShapeDtypeStruct((step, n, width), np.float32) for _ in range(2))
             args += (jax.ShapeDtypeStruct((step,), np.int32),)
             static = dict(wanted=group_wanted, solver=solver, rtol=rtol)
-            compiled = _compiled("signature._score_group", _score_group, args, **static)
-            points = None if compiled is None else compiled.out_info.get("points")
-            if points:
-                # Host arrays, as _match_on_host passes them: no device placement.
-                points = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), points)
-                perms = {
-                    k: jax.ShapeDtypeStruct(v.t.shape[:-1], np.int32) for k, v in points.items()
-                }
-                _compiled("signature._finish_group", _finish_group, (points, perms), rtol=rtol)
+            _compiled("signature._score_group", _score_group, args, **static)
 
     with concurrent.futures.ThreadPoolExecutor(_score_workers(len(plan)), "affjax-kernels") as pool:
         list(pool.map(prepare, plan.items()))
@@ -406,16 +391,8 @@ def _prepare_ahead() -> bool:
     """Whether :func:`signature` prepares score kernels during the forward
     (:class:`_KernelPreparer`): by default where the forward runs on an
     accelerator; ``AFFJAX_PREPARE_KERNELS=on`` or ``off`` decides instead."""
-    env = os.environ.get("AFFJAX_PREPARE_KERNELS", "").strip().lower()
-    if not env:
-        return jax.default_backend() != "cpu"
-    if env in ("1", "on", "true", "yes"):
-        return True
-    if env in ("0", "off", "false", "no"):
-        return False
-    raise SignatureError(
-        f"AFFJAX_PREPARE_KERNELS={env!r} is neither on nor off; unset it for the default"
-    )
+    chosen = switches.switch("AFFJAX_PREPARE_KERNELS", None, SignatureError)
+    return jax.default_backend() != "cpu" if chosen is None else chosen
 
 
 class _KernelPreparer:

@@ -72,7 +72,7 @@ def test_signature_turns_the_cache_on_by_default(tmp_path, mode):
     assert _run(tmp_path, mode) == (where, 0)  # cold: compiles and writes
     # The score kernels are cached too: no host callback inside them (JAX never
     # writes an executable that has one).
-    assert {"_forward", "_score_group", "_finish_group"} <= {
+    assert {"_forward", "_score_group"} <= {
         name.split("-")[0].removeprefix("jit_") for name in os.listdir(where)
     }
     dir_, hits = _run(tmp_path, mode)

@@ -313,3 +313,37 @@ def test_gap_above_rtol_is_uncertified_not_ok():
     assert bool(exact.certified) and float(exact.gap) == 0.0
     f64 = affinity_score(x, y, solver="auction", rtol=1e-6)
     assert bool(f64.certified) and float(f64.gap) <= 1e-6 * float(f64.w2)
+
+
+def test_host_finishing_in_numpy_equals_the_compiled_finish():
+    # The CPU path finishes scores in numpy (score.from_matching on host arrays, no
+    # kernel). Three stacked problems: an ordinary one, a constant output (degenerate,
+    # A = 0) and a NaN input; the third also unconverged. Checked against W2 summed
+    # pair by pair in Python and against the jitted, vmapped JAX finish.
+    from scipy.optimize import linear_sum_assignment
+
+    from affjax import score
+
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(3, 40, 6))
+    y = np.maximum(x + 0.3, 0)
+    y[1] = 2.5  # constant output
+    x[2, 5, 1] = np.nan
+    with jax.enable_x64(True):
+        points = jax.device_get(jax.vmap(score.mapped_points)(jnp.asarray(x), jnp.asarray(y)))
+        perms = np.stack([linear_sum_assignment(np.square(t[:, None] - u[None]).sum(-1))[1]
+                          for t, u in zip(points.t, points.y, strict=True)])  # fmt: skip
+        converged = np.array([True, True, False])
+        host = score.from_matching(points, perms, converged=converged, rtol=1e-6)
+        compiled = jax.jit(jax.vmap(lambda p, q, c: score.from_matching(p, q, converged=c)))(
+            jax.tree.map(jnp.asarray, points), jnp.asarray(perms), jnp.asarray(converged)
+        )
+    assert isinstance(host.score, np.ndarray) and host.score.shape == (3,)
+    w2 = np.mean(np.sum((points.t[0] - points.y[0][perms[0]]) ** 2, axis=1))
+    np.testing.assert_allclose(host.w2[0], w2, rtol=1e-13)  # summation order only
+    np.testing.assert_allclose(host.score[0], 1 - np.sqrt(w2 / points.normaliser[0]), rtol=1e-13)
+    assert 0 < host.score[0] < 1 and host.w2[1] == 0 and bool(host.degenerate[1])
+    assert bool(host.certified[0]) and bool(host.certified[1]) and not bool(host.certified[2])
+    assert np.isnan(host.score[2]) and not bool(host.finite[2]) and not bool(host.converged[2])
+    for field in host._fields:
+        np.testing.assert_allclose(getattr(host, field), getattr(compiled, field), rtol=1e-13)

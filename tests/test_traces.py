@@ -145,6 +145,13 @@ def test_off_switch_and_place(monkeypatch):
     assert traces.directory() == (Path(where) / "affjax-traces" if where else None)
     monkeypatch.setenv("AFFJAX_TRACES", "off")
     assert traces.directory() is None
+    monkeypatch.setenv("AFFJAX_TRACES", "FALSE")
+    assert traces.directory() is None
+    monkeypatch.setenv("AFFJAX_TRACES", "1")
+    assert traces.directory() == (Path(where) / "affjax-traces" if where else None)
+    monkeypatch.setenv("AFFJAX_TRACES", "maybe")
+    with pytest.raises(ValueError, match="AFFJAX_TRACES='maybe' is neither on nor off"):
+        traces.directory()
 
 
 _SCRIPT = textwrap.dedent(
@@ -207,7 +214,7 @@ def test_score_kernels_are_stored_and_read_back(folder, monkeypatch):
 
     stored = scores()
     names = sorted(p.name for p in _files(folder))
-    assert len(names) == 4  # _score_group and _finish_group for each of two buckets
+    assert len(names) == 2  # _score_group for each of two buckets (scores finish in numpy)
     monkeypatch.setattr(traces, "directory", lambda: None)
     plain = scores()
     assert stored == plain  # every field, bit for bit

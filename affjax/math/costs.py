@@ -54,7 +54,8 @@ def matched_cost(t: jax.Array, y: jax.Array, perm: jax.Array) -> jax.Array:
         perm: ``[..., n]`` int, ``t_i`` matched to ``y_perm[i]``.
 
     Returns:
-        ``[...]`` total squared distance of the matched pairs.
+        ``[...]`` total squared distance of the matched pairs, numpy for numpy inputs.
     """
-    matched = jnp.take_along_axis(y, perm[..., None], axis=-2)
-    return jnp.sum((t - matched) ** 2, axis=(-2, -1))
+    xp = np if isinstance(t, np.ndarray) else jnp
+    matched = xp.take_along_axis(y, perm[..., None], axis=-2)
+    return xp.sum((t - matched) ** 2, axis=(-2, -1))
