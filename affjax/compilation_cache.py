@@ -19,9 +19,9 @@ from pathlib import Path
 import jax
 from jax.experimental.compilation_cache import compilation_cache as _jax_cache
 
-__all__ = ["default_dir", "enable", "enable_default"]
+from affjax import switches
 
-_OFF = ("", "0", "off", "none", "false")
+__all__ = ["default_dir", "enable", "enable_default"]
 
 
 def user_dir(variable: str, leaf: str) -> Path | None:
@@ -30,7 +30,7 @@ def user_dir(variable: str, leaf: str) -> Path | None:
     (``~/.cache/affjax/<leaf>``)."""
     env = os.environ.get(variable)
     if env is not None:
-        return None if env.strip().lower() in _OFF else Path(env).expanduser()
+        return None if env.strip().lower() in ("", *switches.OFF) else Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "affjax" / leaf
 

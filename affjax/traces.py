@@ -48,6 +48,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from affjax import switches
 from affjax.compilation_cache import package_version
 
 __all__ = ["MAX_BYTES", "describe", "directory", "exported", "module_key"]
@@ -57,7 +58,6 @@ log = logging.getLogger(__name__)
 #: Size of the traces folder beyond which the least recently used files are removed.
 MAX_BYTES = 2 * 2**30
 
-_OFF = ("0", "off", "none", "false", "no")
 _SUFFIX = ".jaxexport"
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -68,7 +68,7 @@ _LOADED: dict[str, Any] = {}
 def directory() -> Path | None:
     """``affjax-traces/`` in JAX's compilation cache directory; ``None`` when that cache
     is off or ``AFFJAX_TRACES`` is off."""
-    if os.environ.get("AFFJAX_TRACES", "").strip().lower() in _OFF:
+    if not switches.switch("AFFJAX_TRACES", True):
         return None
     where = jax.config.jax_compilation_cache_dir
     return Path(where) / "affjax-traces" if where else None

@@ -40,12 +40,12 @@ import os
 
 import jax
 
+from affjax import switches
+
 __all__ = ["CPU_OPTIONS", "compiler_options", "jit", "scoring_threads"]
 
 #: XLA:CPU debug options affjax compiles with (empty list: no YNNPACK fusions).
 CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
-
-_OFF = ("0", "off", "none", "false", "no")
 
 
 @functools.cache
@@ -59,7 +59,7 @@ def _supported(options: tuple[tuple[str, str], ...]) -> bool:
 
 
 def _cpu_tuning(backend: str | None) -> bool:
-    if os.environ.get("AFFJAX_CPU_OPTIONS", "").strip().lower() in _OFF:
+    if not switches.switch("AFFJAX_CPU_OPTIONS", True):
         return False
     return (backend or jax.default_backend()) == "cpu"
 

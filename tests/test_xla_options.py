@@ -41,6 +41,14 @@ def test_no_options_off_the_cpu(clean_env, backend):
 def test_user_settings_win(monkeypatch, clean_env):
     monkeypatch.setenv("AFFJAX_CPU_OPTIONS", "off")
     assert xla_options.compiler_options("cpu") == {}
+    monkeypatch.setenv("AFFJAX_CPU_OPTIONS", " No ")  # any on/off spelling, any case
+    assert xla_options.compiler_options("cpu") == {}
+    monkeypatch.setenv("AFFJAX_CPU_OPTIONS", "on")
+    expected = xla_options.CPU_OPTIONS if _compiles_with(xla_options.CPU_OPTIONS) else {}
+    assert xla_options.compiler_options("cpu") == expected
+    monkeypatch.setenv("AFFJAX_CPU_OPTIONS", "fast")  # not a guess: an error that says what to do
+    with pytest.raises(ValueError, match="AFFJAX_CPU_OPTIONS='fast' is neither on nor off"):
+        xla_options.compiler_options("cpu")
     monkeypatch.delenv("AFFJAX_CPU_OPTIONS")
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=individual_dot")
     assert xla_options.compiler_options("cpu") == {}
@@ -115,6 +123,9 @@ def test_signature_scores_with_single_threaded_host_blas(clean_env, monkeypatch)
 
     if jax.default_backend() != "cpu":
         pytest.skip("the limit applies when scoring on the CPU")
+    # The host solver's scipy brings its own OpenBLAS: loaded now, ``before`` counts it
+    # (run alone, the test saw a second BLAS appear inside score_calls).
+    import scipy.optimize  # noqa: F401
 
     seen = []
     match = host.match_points
