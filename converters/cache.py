@@ -123,9 +123,10 @@ def _weights_digest(path: Path, memo: Path | None) -> str:
                 return str(seen["sha256"])
     hashed_ns = time.time_ns()  # before reading: a change while hashing is then "racy"
     digest = _file_sha256(path)
-    if memo is not None and memo.parent.is_dir():
+    if memo is not None:
         tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
         with contextlib.suppress(OSError):
+            memo.parent.mkdir(parents=True, exist_ok=True)  # a miss makes it next anyway
             payload = {"stat": signature, "hashed_ns": hashed_ns, "sha256": digest}
             tmp.write_text(json.dumps(payload))
             os.replace(tmp, memo)  # atomic: a reader sees the old memo or this one
