@@ -36,7 +36,7 @@ from typing import NamedTuple
 import flax.linen as nn
 import jax
 
-from affjax import checkpoint, compilation_cache, models
+from affjax import checkpoint, compilation_cache, models, reports
 
 __all__ = ["FORMAT", "Converted", "default_dir", "load"]
 
@@ -124,12 +124,8 @@ def _weights_digest(path: Path, memo: Path | None) -> str:
     hashed_ns = time.time_ns()  # before reading: a change while hashing is then "racy"
     digest = _file_sha256(path)
     if memo is not None:
-        tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
-        with contextlib.suppress(OSError):
-            memo.parent.mkdir(parents=True, exist_ok=True)  # a miss makes it next anyway
-            payload = {"stat": signature, "hashed_ns": hashed_ns, "sha256": digest}
-            tmp.write_text(json.dumps(payload))
-            os.replace(tmp, memo)  # atomic: a reader sees the old memo or this one
+        with contextlib.suppress(OSError), reports.atomic_write(memo) as f:
+            json.dump({"stat": signature, "hashed_ns": hashed_ns, "sha256": digest}, f)
     return digest
 
 
