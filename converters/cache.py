@@ -176,6 +176,11 @@ def _entry(where: Path, slot: dict, key: dict) -> Path:
     return where / f"{_slot_prefix(slot)}-{_digest(key)[:16]}{_SUFFIX}"
 
 
+def _entry_slot(entry: Path) -> str:
+    """:func:`_slot_prefix` of an entry's file name."""
+    return entry.name.rsplit("-", 1)[0]
+
+
 def _read(path: Path, key: dict):
     """``(module, variables, info)`` of a matching entry, else ``None`` (absent, foreign,
     corrupt or another key's)."""
@@ -204,7 +209,7 @@ def _store(path: Path, key: dict, loaded) -> None:
         )
     except OSError:
         return  # unwritable or full: the cache is an optimisation
-    prefix = path.name.rsplit("-", 1)[0] + "-"
+    prefix = _entry_slot(path) + "-"
     for old in _entries(path.parent, prefix):
         if old != path:  # the entry this one replaces (changed file, versions or code)
             with contextlib.suppress(OSError):
@@ -232,7 +237,7 @@ def _evict(where: Path, keep: Path) -> None:
                 entry.unlink()
                 total -= size
             with contextlib.suppress(OSError):  # its weights file's hash, if it had one
-                entry.with_name(entry.name.rsplit("-", 1)[0] + _DIGEST_SUFFIX).unlink()
+                entry.with_name(_entry_slot(entry) + _DIGEST_SUFFIX).unlink()
 
 
 def load(
